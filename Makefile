@@ -1,0 +1,32 @@
+# Every target installs what it needs into .venv first, so a fresh clone needs only python3 >= 3.11.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+install: $(STAMP)
+
+# Reinstall only when the dependency list changes; a no-op install takes well under a second.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "avatarbatch needs Python 3.11 or newer (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check avatarbatch tests bench scripts
+	$(BIN)/ruff format --check avatarbatch tests bench scripts
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/avatarbatch validate manifests/demo.yaml
+	$(BIN)/avatarbatch plan manifests/demo.yaml
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis
