@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from avatarbatch import catalog
+from avatarbatch import catalog, paths
 from avatarbatch.diagnostics import Origin, Problems, shorten
 from avatarbatch.errors import ManifestError
 from avatarbatch.fields import (
@@ -126,7 +126,6 @@ def read_manifest(path: Path, problems: Problems) -> Manifest | None:
 class _Document:
     """Pass 1: the top level of a manifest, gathering defaults, output settings and raw rows."""
 
-
     def __init__(self, path: Path, problems: Problems) -> None:
         self.path = path
         self.problems = problems
@@ -138,7 +137,8 @@ class _Document:
 
     def add_yaml(self, top: Any) -> None:
         if not isinstance(top, YMap):
-            kind = "a list" if isinstance(top, YList) else shorten(top)
+            # Never echo the content: the "manifest" may be a symlink to a secret file.
+            kind = "a list" if isinstance(top, YList) else "a single value"
             raise fail(
                 Origin(self.path, 1),
                 f"should be a mapping with version, defaults and jobs; got {kind}",
@@ -186,7 +186,7 @@ class _Document:
             elif not isinstance(value, str) or not value.strip():
                 self.problems.error(origin, f"output.{key}: should be text")
             elif key == "dir":
-                self.output_dir = (self.path.parent / Path(value).expanduser()).absolute()
+                self.output_dir = paths.resolve(self.path.parent, value)
             else:
                 self.filename, self.filename_origin = value.strip(), origin
 
@@ -229,7 +229,7 @@ class _Document:
                 origin, "rows: should be the path of a CSV file (or path: and vars:)"
             )
             return
-        csv_path = (self.path.parent / Path(spec.strip()).expanduser()).absolute()
+        csv_path = paths.resolve(self.path.parent, spec.strip())
         try:
             self.add_csv(csv_path, read_text(csv_path), var_columns)
         except ManifestError as exc:

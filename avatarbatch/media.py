@@ -17,11 +17,12 @@ import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 
-from avatarbatch import catalog
+from avatarbatch import catalog, paths
 
 UUID_PATTERN = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE
@@ -93,9 +94,9 @@ def parse_ref(text: str, role: str, base_dir: Path) -> MediaRef:
         return MediaRef(MediaKind.URL, text, text)
     if role == "portrait" and len(text) >= MIN_BASE64_CHARS and BASE64_PATTERN.match(text):
         return MediaRef(MediaKind.BASE64, text, text)
-    path = Path(text).expanduser()
-    resolved = path if path.is_absolute() else base_dir / path
-    return MediaRef(MediaKind.PATH, str(resolved.absolute()), text)
+    if any(ord(ch) < 32 for ch in text):
+        raise MediaRefError("contains control characters, so it cannot be a file name")
+    return MediaRef(MediaKind.PATH, str(paths.resolve(base_dir, text)), text)
 
 
 def inline_bytes(ref: MediaRef) -> bytes:
@@ -134,8 +135,8 @@ def read_limited(path: Path, max_bytes: int) -> bytes:
         info = path.stat()
     except FileNotFoundError:
         raise ProbeError("does not exist") from None
-    except OSError as exc:
-        raise ProbeError(f"cannot be read ({exc.strerror or exc})") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise ProbeError(f"cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
     if stat.S_ISDIR(info.st_mode):
         raise ProbeError("is a directory, not a file")
     if not stat.S_ISREG(info.st_mode):
@@ -199,39 +200,57 @@ def probe_audio(data: bytes) -> MediaInfo:
     return MediaInfo(audio_format, len(data), _sha256(data), seconds=round(seconds, 3))
 
 
+NOT_AUDIO = "is not a readable MP3, WAV, M4A or AAC file"
+
+
 def _measure_audio(data: bytes) -> tuple[str, float]:
+    """The decoded format name and length in seconds; raises ProbeError for anything else."""
+    parsed: Any = None
+    format_name, reason = "", "unrecognised data"
+    for candidate, parser in _audio_parsers(data[:12]):
+        try:
+            parsed = parser(io.BytesIO(data))
+        except Exception as exc:  # mutagen raises many types on hostile bytes
+            reason = _reason(exc)
+            continue
+        format_name = candidate
+        break
+    if parsed is None or parsed.info is None:
+        raise ProbeError(f"{NOT_AUDIO} ({reason})")
+    if format_name == "MP3" and getattr(parsed.info, "sketchy", False):
+        # mutagen marks MP3 streams it could only guess at: typically a header on garbage.
+        raise ProbeError(f"{NOT_AUDIO} (the MP3 frames are not valid)")
+    if format_name == "M4A":
+        codec = str(getattr(parsed.info, "codec", ""))
+        if not codec.startswith("mp4a"):
+            raise ProbeError(f"is an MP4 container without AAC audio (codec {codec or 'none'})")
+    seconds = float(getattr(parsed.info, "length", 0.0) or 0.0)
+    if seconds <= 0:
+        raise ProbeError(f"{NOT_AUDIO} (no audio length could be measured)")
+    return format_name, seconds
+
+
+def _audio_parsers(head: bytes) -> list[tuple[str, type[Any]]]:
+    """Parsers to try, chosen from the leading bytes, never from the file name.
+
+    mutagen's own guess leans on the extension and cannot tell raw ADTS AAC from MP3 without one.
+    """
     # Imported here: mutagen loads every format module, which would slow down `--help`.
-    import mutagen
     from mutagen.aac import AAC
     from mutagen.mp3 import MP3
     from mutagen.mp4 import MP4
     from mutagen.wave import WAVE
 
-    not_audio = "is not a readable MP3, WAV, M4A or AAC file"
-    try:
-        parsed = mutagen.File(io.BytesIO(data), options=[MP3, WAVE, MP4, AAC])
-    except Exception as exc:  # mutagen raises many types on hostile bytes
-        raise ProbeError(f"{not_audio} ({_reason(exc)})") from None
-    if parsed is None or parsed.info is None:
-        raise ProbeError(not_audio)
-    seconds = float(getattr(parsed.info, "length", 0.0) or 0.0)
-    if isinstance(parsed, MP3):
-        # mutagen marks MP3 streams it could only guess at: typically a header on garbage.
-        if getattr(parsed.info, "sketchy", False):
-            raise ProbeError(f"{not_audio} (the MP3 frames are not valid)")
-        audio_format = "MP3"
-    elif isinstance(parsed, WAVE):
-        audio_format = "WAV"
-    elif isinstance(parsed, MP4):
-        codec = str(getattr(parsed.info, "codec", ""))
-        if not codec.startswith("mp4a"):
-            raise ProbeError(f"is an MP4 container without AAC audio (codec {codec or 'none'})")
-        audio_format = "M4A"
-    else:
-        audio_format = "AAC"
-    if seconds <= 0:
-        raise ProbeError(f"{not_audio} (no audio length could be measured)")
-    return audio_format, seconds
+    sync = head[:1] == b"\xff" and len(head) > 1
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return [("WAV", WAVE)]
+    if head[4:8] == b"ftyp":
+        return [("M4A", MP4)]
+    if head[:4] == b"ADIF" or (sync and head[1] & 0xF6 == 0xF0):  # ADTS: layer bits are 00
+        return [("AAC", AAC)]
+    if head[:3] == b"ID3" or (sync and head[1] & 0xE0 == 0xE0):
+        return [("MP3", MP3), ("AAC", AAC)]
+    raise ProbeError(NOT_AUDIO)
 
 
 def _sha256(data: bytes) -> str:

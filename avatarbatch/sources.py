@@ -23,6 +23,7 @@ from avatarbatch.errors import ManifestError
 
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_YAML_DEPTH = 50
+PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 CSV_DELIMITERS = (",", ";", "\t")
 MAX_CSV_CELL = 16 * 1024 * 1024
 
@@ -58,8 +59,8 @@ def read_text(path: Path) -> str:
         info = path.stat()
     except FileNotFoundError:
         raise fail(origin, "no such file") from None
-    except OSError as exc:
-        raise fail(origin, f"cannot read: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise fail(origin, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     if stat.S_ISDIR(info.st_mode):
         raise fail(origin, "is a directory, not a manifest file")
     if not stat.S_ISREG(info.st_mode):
@@ -106,7 +107,13 @@ def decode(data: bytes, path: Path) -> str:
 
 def parse_yaml(text: str, path: Path, problems: Problems) -> Any:
     """The document as YMap/YList/scalars with line numbers; raises ManifestError on bad syntax."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        raise fail(
+            Origin(path, line), f"invalid YAML: {exc.reason} (character {exc.character!r})"
+        ) from None
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
@@ -115,7 +122,7 @@ def parse_yaml(text: str, path: Path, problems: Problems) -> Any:
         reason = exc.problem or exc.context or "invalid YAML"
         raise fail(Origin(path, line), f"invalid YAML: {reason}") from None
     except yaml.YAMLError as exc:
-        raise fail(Origin(path), f"invalid YAML: {exc}") from None
+        raise fail(Origin(path), f"invalid YAML: {type(exc).__name__}") from None
     except RecursionError:
         raise fail(Origin(path), "invalid YAML: nested too deeply") from None
     finally:
@@ -144,6 +151,8 @@ class _Converter:
             return self.seen[id(node)]
         if depth > MAX_YAML_DEPTH:
             raise fail(self.origin(node), f"nested more than {MAX_YAML_DEPTH} levels deep")
+        if not isinstance(node, yaml.ScalarNode) and node.tag not in PLAIN_TAGS:
+            raise fail(self.origin(node), f"unsupported YAML tag {node.tag}")
         if isinstance(node, yaml.MappingNode):
             value: Any = self.mapping(node, depth)
         elif isinstance(node, yaml.SequenceNode):

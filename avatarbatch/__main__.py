@@ -1,0 +1,5 @@
+"""`python -m avatarbatch` runs the command line."""
+
+from avatarbatch.cli import main
+
+main()

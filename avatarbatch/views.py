@@ -1,0 +1,110 @@
+"""Human-readable renderings of problems and plans, for the terminal and for cron logs.
+
+Rich draws the tables; on a pipe it drops colour and keeps the layout. Per-job tables are built
+as plain aligned text, because a 10,000-row rich Table takes seconds to lay out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+
+from rich.console import Console
+from rich.table import Table
+
+from avatarbatch import catalog
+from avatarbatch.diagnostics import Problem, Problems
+from avatarbatch.plan import Plan, PlannedJob, Totals
+
+
+def money(value: Decimal | float | None) -> str:
+    if value is None:
+        return "?"
+    return f"${Decimal(str(value)):,.4f}"
+
+
+def seconds(value: float | None) -> str:
+    return "?" if value is None else f"{value:,.1f}"
+
+
+def model_name(model_id: str) -> str:
+    return catalog.model_by_id(model_id).alias
+
+
+def print_problems(console: Console, problems: Iterable[Problem]) -> None:
+    for problem in problems:
+        style = "red" if problem.is_error else "yellow"
+        console.print(problem.format(), style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def problems_summary(source: str, problems: Problems, jobs: int | None) -> str:
+    errors, warnings = len(problems.errors), len(problems.warnings)
+    counts = f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    if errors:
+        return f"{source}: invalid ({counts})"
+    return f"{source}: valid, {jobs} job{'s' * (jobs != 1)} ({counts})"
+
+
+def print_plan(console: Console, plan: Plan, source: str) -> None:
+    """The per-job table, then totals by model, by each var, and overall."""
+    var_names = sorted(plan.by_var)
+    header = ["id", "status", "model", "results", "audio s", "est. cost", *var_names]
+    rows = [_job_row(p, var_names) for p in plan.jobs]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    numeric = {3, 4, 5}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    console.print(line(header), style="bold", markup=False, highlight=False, soft_wrap=True)
+    console.out("\n".join(line(r) for r in rows), highlight=False)
+    console.print()
+    console.print(_totals_table("by model", {model_name(k): v for k, v in plan.by_model.items()}))
+    for var in var_names:
+        console.print(_totals_table(f"by {var}", plan.by_var[var]))
+    console.print(_summary_line(plan, source), markup=False, highlight=False, soft_wrap=True)
+
+
+def _job_row(planned: PlannedJob, var_names: list[str]) -> list[str]:
+    job = planned.job
+    return [
+        job.id,
+        planned.status.value,
+        model_name(job.model),
+        str(job.number_results),
+        seconds(planned.audio_seconds),
+        money(planned.estimated_cost),
+        *(job.vars.get(name, "") for name in var_names),
+    ]
+
+
+def _totals_table(title: str, groups: dict[str, Totals]) -> Table:
+    table = Table(title=f"Totals {title}", title_justify="left", box=None, pad_edge=False)
+    table.add_column("")
+    table.add_column("jobs", justify="right")
+    table.add_column("audio s", justify="right")
+    table.add_column("est. cost", justify="right")
+    for name, totals in groups.items():
+        table.add_row(name, str(totals.jobs), seconds(totals.audio_seconds), _cost(totals))
+    return table
+
+
+def _cost(totals: Totals) -> str:
+    unknown = f" + {totals.unknown_cost_jobs} unknown" if totals.unknown_cost_jobs else ""
+    return money(totals.estimated_cost) + unknown
+
+
+def _summary_line(plan: Plan, source: str) -> str:
+    total, run = plan.totals, plan.to_run
+    text = (
+        f"{source}: {total.jobs} jobs, {seconds(total.audio_seconds)} s of audio, "
+        f"estimated {_cost(total)}"
+    )
+    if run.jobs != total.jobs:
+        text += f"; to run now: {run.jobs} jobs, estimated {_cost(run)}"
+    return text

@@ -1,0 +1,83 @@
+"""Shared fixtures: media made on the fly (exact sizes and durations) and manifest writers."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+import struct
+import wave
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "manifests"
+
+
+def image_bytes(width: int = 512, height: int = 512, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 150, 120)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
+    """A mono 16-bit tone of exactly `seconds` (to the sample)."""
+    frames = round(seconds * rate)
+    samples = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+        for i in range(min(frames, rate))
+    )
+    body = (samples * (frames // rate + 1))[: frames * 2]
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(body)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> Path:
+    """A folder with a valid portrait (face.png) and valid audio clips (en.wav, es.wav)."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    (folder / "face.png").write_bytes(image_bytes())
+    (folder / "en.wav").write_bytes(wav_bytes(3.0))
+    (folder / "es.wav").write_bytes(wav_bytes(4.0))
+    return folder
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
+    """Write a file under tmp_path (creating folders) and return its path."""
+
+    def _write(name: str, content: str | bytes) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def demo_copy(tmp_path: Path) -> Path:
+    """A copy of the shipped demo manifests and media, safe to modify."""
+    target = tmp_path / "manifests"
+    shutil.copytree(DEMO, target)
+    return target
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own folder, without the caller's Runware settings."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("RUNWARE_API_KEY", "RUNWARE_API_URL"):
+        monkeypatch.delenv(name, raising=False)
