@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from avatarbatch.cli import app
 from avatarbatch.diagnostics import Problems
 from avatarbatch.manifest import read_manifest
+from avatarbatch.preflight import preflight
 from avatarbatch.sources import MAX_MANIFEST_BYTES
+from conftest import image_bytes, wav_bytes
 
 Write = Callable[[str, str | bytes], Path]
 runner = CliRunner()
@@ -171,9 +173,6 @@ def test_unreadable_manifest(write: Write) -> None:
 
 
 def test_unreadable_media_file() -> None:
-    from avatarbatch.preflight import preflight
-    from conftest import image_bytes, wav_bytes
-
     # Outside pytest's tmp folders, whose 0700 parents would hide everything from the child.
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import image_bytes, wav_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from avatarbatch.errors import AvatarBatchError
 from avatarbatch.preflight import preflight
+from conftest import image_bytes, wav_bytes
 
 # AVATARBATCH_FUZZ_EXAMPLES=5000 for a deep local run; CI keeps the suite fast.
 FUZZ = settings(

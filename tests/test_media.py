@@ -11,7 +11,6 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import pytest
-from conftest import DEMO, image_bytes, wav_bytes
 from PIL import Image
 
 from avatarbatch.media import (
@@ -24,6 +23,7 @@ from avatarbatch.media import (
     probe_image,
     read_limited,
 )
+from conftest import DEMO, image_bytes, wav_bytes
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import image_bytes, wav_bytes
-
 from avatarbatch.media import Prober
 from avatarbatch.preflight import preflight
+from conftest import image_bytes, wav_bytes
 
 Write = Callable[[str, str | bytes], Path]
 
