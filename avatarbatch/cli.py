@@ -16,6 +16,8 @@ from avatarbatch.diagnostics import display_path
 from avatarbatch.errors import AvatarBatchError, ManifestError
 from avatarbatch.plan import build_plan
 from avatarbatch.preflight import Preflight, preflight
+from avatarbatch.sandbox import settings as sandbox_settings
+from avatarbatch.sandbox.server import serve
 
 app = typer.Typer(
     help="Batch talking-avatar videos through the Runware API: validate, estimate, run, report.",
@@ -35,7 +37,7 @@ def stdout() -> Console:
 
 
 def stderr() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -102,6 +104,51 @@ def _checked(manifest: Path) -> Preflight:
         raise ManifestError(result.problems.items)
     views.print_problems(stderr(), result.problems.warnings)
     return result
+
+
+@app.command()
+def sandbox(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
+    api_key: Annotated[
+        str | None, typer.Option(help="Accept only this key (default: any non-empty key).")
+    ] = None,
+    latency: Annotated[float, typer.Option(help="Render seconds per second of audio.")] = 0.2,
+    workers: Annotated[int, typer.Option(help="Render slots; more tasks wait in a queue.")] = 4,
+    render: Annotated[
+        str, typer.Option(help="full: real renders; stub: tiny cached videos.")
+    ] = "full",
+    faults: Annotated[
+        str | None, typer.Option(help="Fault rates, e.g. http500=0.05,http429=0.05,reset=0.02.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed that makes faults and seeds reproducible.")] = 0,
+    allow_remote: Annotated[
+        bool, typer.Option(help="Fetch inputs and call webhooks beyond loopback addresses.")
+    ] = False,
+    balance: Annotated[
+        float | None, typer.Option(help="USD; submissions get HTTP 402 once billing reaches it.")
+    ] = None,
+) -> None:
+    """Serve the offline Runware emulator (POST /v1, GET /sandbox/ledger, /sandbox/stats)."""
+    with user_errors():
+        config = sandbox_settings.build(
+            api_key=api_key,
+            latency=latency,
+            workers=workers,
+            render=render,
+            faults=faults,
+            seed=seed,
+            allow_remote=allow_remote,
+            balance=balance,
+        )
+        if host not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
+            stderr().print(f"warning: serving on {host}: other machines can reach this sandbox")
+        stderr().print(
+            f"sandbox: http://{host}:{port}/v1 (ledger: /sandbox/ledger, stats: /sandbox/stats); "
+            f"faults: {config.faults}, seed {config.seed}; Ctrl-C stops",
+            markup=False,
+        )
+        serve(config, host, port)
 
 
 def main() -> Any:

@@ -3,7 +3,14 @@
     AvatarBatchError        anything the person running the batch should read
     ├── ManifestError       the manifest (or a file it names) is unusable: fix it, exit 2;
     │                       carries every problem found, located by file, line, job, field
-    └── UsageError          the command line or the environment is wrong: exit 2
+    ├── UsageError          the command line or the environment is wrong: exit 2
+    └── ApiError            the Runware API (or the way to it) said no; carries status, code,
+        │                   parameter and task UUID. Subclasses say what to do next:
+        ├── TransientError  try again later (network, timeouts, 408, 429, 5xx, provider hiccups)
+        ├── RejectedError   this job cannot succeed as sent (validation, safety, not found)
+        ├── AuthError       the key is wrong or lacks permission: stop the whole run, exit 4
+        ├── CreditError     the account cannot pay: stop the whole run, exit 4
+        └── ConflictError   the task UUID is already known: the task exists, poll it
 
 The CLI prints these messages and maps them to exit codes; any other exception is a bug and
 is allowed to surface as one.
@@ -40,3 +47,55 @@ class UsageError(AvatarBatchError):
     """A wrong option, argument or environment setting."""
 
     exit_code = 2
+
+
+class ApiError(AvatarBatchError):
+    """A failed API exchange. The message is written for people; never holds the API key."""
+
+    category = "rejected"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        parameter: str | None = None,
+        task_uuid: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.parameter = parameter
+        self.task_uuid = task_uuid
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, status={self.status}, code={self.code!r}, "
+            f"parameter={self.parameter!r})"
+        )
+
+
+class TransientError(ApiError):
+    category = "transient"
+
+
+class RejectedError(ApiError):
+    category = "rejected"
+
+
+class AuthError(ApiError):
+    category = "auth"
+    exit_code = 4
+
+
+class CreditError(ApiError):
+    category = "credit"
+    exit_code = 4
+
+
+class ConflictError(ApiError):
+    category = "conflict"

@@ -81,3 +81,67 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     for name in ("RUNWARE_API_KEY", "RUNWARE_API_URL"):
         monkeypatch.delenv(name, raising=False)
+
+
+# --- the sandbox as the API's test double ---------------------------------------------------------
+
+import uuid as _uuid  # noqa: E402
+from collections.abc import AsyncIterator, Awaitable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import httpx  # noqa: E402
+
+from avatarbatch.runware import ClientSettings, RunwareClient, TaskState  # noqa: E402
+from avatarbatch.sandbox.app import create_app  # noqa: E402
+from avatarbatch.sandbox.config import SandboxConfig  # noqa: E402
+from avatarbatch.sandbox.engine import Engine  # noqa: E402
+
+TEST_KEY = "test-key-Zq9v"
+# No render latency and stub videos: client contract tests need protocol, not pictures.
+FAST = SandboxConfig(latency=0, fixed_latency=0, render="stub", workers=8)
+SANDBOX_BASE = "http://sandbox.test"
+
+MakeClient = Callable[..., Awaitable[tuple[RunwareClient, Engine]]]
+
+
+def new_uuid() -> str:
+    return str(_uuid.uuid4())
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[MakeClient]:
+    """Factory: a RunwareClient wired to an in-process sandbox through httpx's ASGI transport."""
+    opened: list[tuple[httpx.AsyncClient, Engine]] = []
+
+    async def make(config: SandboxConfig = FAST, **settings: Any) -> tuple[RunwareClient, Engine]:
+        app = create_app(config)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        http = httpx.AsyncClient(transport=transport, base_url=SANDBOX_BASE)
+        values: dict[str, Any] = {
+            "api_url": SANDBOX_BASE + config.path,
+            "api_key": TEST_KEY,
+            "backoff_initial": 0.001,
+            "backoff_max": 0.005,
+            **settings,
+        }
+        opened.append((http, app.state.engine))
+        return RunwareClient(http, ClientSettings(**values)), app.state.engine
+
+    yield make
+    for http, engine in opened:
+        await http.aclose()
+        await engine.aclose()
+
+
+async def wait_finished(
+    client: RunwareClient, task_uuid: str, results: int = 1, timeout: float = 60
+) -> TaskState:
+    """Poll until the task has all its results or failures (state polling with a deadline)."""
+    import asyncio
+
+    async with asyncio.timeout(timeout):
+        while True:
+            state = (await client.poll([task_uuid]))[task_uuid]
+            if state.finished(results):
+                return state
+            await asyncio.sleep(0.02)

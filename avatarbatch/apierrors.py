@@ -1,0 +1,136 @@
+"""Classifying what the Runware API answers into the error tree of `errors.py`.
+
+Runware's codes are not a stable contract ("codes and formats still vary between models and
+providers"), so classification goes by HTTP status first, then by the code's shape, following
+the categories of the official SDK (RUNWARE_PROTOCOL.md §5). Anything unknown is a rejection:
+retrying what we do not understand would only spend money and time.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+from avatarbatch.errors import (
+    ApiError,
+    AuthError,
+    ConflictError,
+    CreditError,
+    RejectedError,
+    TransientError,
+)
+
+CONFLICT_CODES = frozenset({"conflictTaskUUID"})
+AUTH_CODES = frozenset(
+    {
+        "unauthorized", "forbidden", "permissionDenied", "insufficientPermissions",
+        "authenticationFailed", "authFailed", "authTimeout", "invalidAuthentication",
+        "invalidCredentials", "missingAuthentication", "tokenExpired", "tokenInvalid",
+        "tokenMissing", "tokenRevoked", "accountSuspended", "accountDisabled",
+        "organizationSuspended", "organizationDisabled", "workspaceSuspended",
+        "workspaceDisabled",
+    }
+)  # fmt: skip
+CREDIT_CODES = frozenset({"quotaExceeded", "paymentRequired", "environmentPaused"})
+TRANSIENT_CODES = frozenset(
+    {
+        "internalServerError", "serviceUnavailable", "serverUnavailable", "standardError",
+        "unknownError", "undefinedError", "defaultError", "unrecognizedResponse",
+        "errorRetrievingAccountManagement", "inferenceError", "processingFailed", "taskFailed",
+        "downloadFailed", "uploadFailed", "noAvailableServer", "modelUnavailable",
+        "modelNotReady", "mediaStorageFileCouldNotBeMoved", "rateLimitExceeded",
+    }
+)  # fmt: skip
+NOT_FOUND_CODES = frozenset({"taskFailedOrNotFound", "taskCancelled", "unknownModel"})
+
+
+def error_class(code: str | None, status: int | None = None) -> type[ApiError]:
+    """The error class for an HTTP status and/or a Runware error code."""
+    if status in (401, 403):
+        return AuthError
+    if status == 402:
+        return CreditError
+    if status in (408, 429) or (status is not None and status >= 500):
+        return TransientError
+    return _class_for_code(code or "")
+
+
+def _class_for_code(code: str) -> type[ApiError]:
+    if code in CONFLICT_CODES:
+        return ConflictError
+    if code in CREDIT_CODES or any(word in code for word in ("Credits", "Quota", "Balance")):
+        return CreditError
+    if code in AUTH_CODES or "ApiKey" in code:
+        return AuthError
+    if (
+        code in TRANSIENT_CODES
+        or "RateLimit" in code
+        or "Timeout" in code
+        or code.startswith("timeout")
+    ):
+        return TransientError
+    if code.startswith("provider") and not code.startswith("providerContent"):
+        return TransientError
+    return RejectedError
+
+
+def is_not_found(error: ApiError) -> bool:
+    """Whether the API does not know the task (so a submit never landed)."""
+    code = error.code or ""
+    return code in NOT_FOUND_CODES or code.endswith("NotFound")
+
+
+def from_error_object(
+    item: dict[str, Any], *, status: int | None = None, retry_after: float | None = None
+) -> ApiError:
+    """An ApiError from one entry of `errors[]` (or a nested `error` object)."""
+    nested = item.get("error")
+    source = nested if isinstance(nested, dict) else item
+    code = _text(source.get("code")) or _text(item.get("code"))
+    message = _text(source.get("message")) or _text(item.get("message")) or "no message given"
+    parameter = source.get("parameter")
+    if isinstance(parameter, list):  # the SDK accepts a list of fields; the first one matters
+        parameter = parameter[0] if parameter else None
+    cls = error_class(code, status)
+    where = f" ({_text(parameter)})" if parameter else ""
+    return cls(
+        f"Runware: {code or 'error'}{where}: {message}",
+        status=status,
+        code=code,
+        parameter=_text(parameter) if parameter else None,
+        task_uuid=_text(item.get("taskUUID")) or None,
+        retry_after=retry_after,
+    )
+
+
+def from_status(status: int, detail: str, retry_after: float | None = None) -> ApiError:
+    """An ApiError for an answer whose body says nothing usable."""
+    cls = error_class(None, status)
+    hint = {
+        401: "the API key was refused; check RUNWARE_API_KEY",
+        402: "the account balance is too low",
+        403: "the API key lacks permission for this request",
+        429: "the API is over capacity; slowing down",
+    }.get(status, detail)
+    return cls(f"Runware answered HTTP {status}: {hint}", status=status, retry_after=retry_after)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))

@@ -1,0 +1,439 @@
+"""The HTTP client for the Runware REST protocol: upload, submit, poll in batches, download.
+
+The same code talks to api.runware.ai and to the sandbox; only the base URL and key differ.
+Only this module (with `apierrors.py`) sees httpx and raw answers: every failure leaves it as
+an `ApiError` subclass that says what to do next, and transient ones are retried here with
+tenacity (exponential backoff with jitter, Retry-After honoured, bounded attempts). The API key
+travels in the Authorization header of API calls only: never to a download URL, a log line,
+an exception or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiofiles
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_base
+
+from avatarbatch import __version__, apierrors
+from avatarbatch.errors import ApiError, RejectedError, TransientError
+
+log = logging.getLogger("avatarbatch.runware")
+
+DEFAULT_API_URL = "https://api.runware.ai/v1"
+USER_AGENT = f"avatarbatch/{__version__}"
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # an API answer larger than this is not a real answer
+# Statuses whose errors belong to single tasks of a batch, not to the request as a whole.
+TASK_LEVEL_STATUSES = frozenset({400, 404, 409, 422})
+
+
+class ClientSettings(BaseModel):
+    """How to reach the API and how hard to try. Built once by the CLI and passed down."""
+
+    model_config = ConfigDict(frozen=True)
+
+    api_url: str = DEFAULT_API_URL
+    api_key: SecretStr
+    poll_batch: int = Field(50, ge=1, le=500)
+    max_attempts: int = Field(6, ge=1)
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    max_download_bytes: int = 4 * 1024**3
+    download_timeout: float = 600.0  #: whole-download deadline: a trickling server cannot hang us
+
+
+class RequestGate(Protocol):
+    """What every API request passes through (the rate limiter of `limits.py`)."""
+
+    async def acquire(self) -> None: ...
+
+    def throttled(self, retry_after: float | None) -> None: ...
+
+
+class Upload(BaseModel):
+    uuid: str
+    url: str | None = None
+
+
+class VideoResult(BaseModel):
+    """One finished video of a task."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    task_uuid: str = Field(alias="taskUUID")
+    video_uuid: str = Field(alias="videoUUID")
+    video_url: str = Field(alias="videoURL")
+    seed: int | None = None
+    nsfw: bool | None = Field(None, alias="NSFWContent")
+    cost: float | None = None
+
+    @field_validator("video_url")
+    @classmethod
+    def _http_only(cls, value: str) -> str:
+        if not value.lower().startswith(("http://", "https://")):
+            raise ValueError("videoURL is not an http(s) URL")
+        return value
+
+
+@dataclass
+class TaskState:
+    """Everything one poll learnt about a task: cumulative results, failures, items pending."""
+
+    task_uuid: str
+    results: list[VideoResult] = field(default_factory=list)
+    errors: list[ApiError] = field(default_factory=list)
+    processing: int = 0
+
+    def finished(self, expected_results: int) -> bool:
+        return len(self.results) + len(self.errors) >= expected_results
+
+    @property
+    def not_found(self) -> bool:
+        return any(apierrors.is_not_found(e) for e in self.errors) and not self.results
+
+
+@dataclass(frozen=True)
+class Download:
+    path: Path
+    size: int
+    sha256: str
+
+
+def make_http_client(concurrency: int, *, timeout: float = 60.0) -> httpx.AsyncClient:
+    """An HTTP pool sized for `concurrency` jobs, with explicit timeouts and keep-alive.
+
+    Each job holds at most one connection at a time (an upload, a submit or a download), and
+    the poller needs one more; the rest is headroom for retries.
+    """
+    connections = concurrency + 4
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=10.0, pool=timeout),
+        limits=httpx.Limits(
+            max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=30
+        ),
+        http2=False,
+    )
+
+
+class RunwareClient:
+    """Runware operations over an injected `httpx.AsyncClient` (pool, timeouts, transport)."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, settings: ClientSettings, gate: RequestGate | None = None
+    ) -> None:
+        self._http = http
+        self._settings = settings
+        self._gate = gate
+
+    def __repr__(self) -> str:
+        return f"RunwareClient(api_url={self._settings.api_url!r})"
+
+    # --- operations -------------------------------------------------------------------------
+
+    async def upload_image(self, data: bytes, mime: str, task_uuid: str) -> Upload:
+        """Store an image at Runware (imageUpload); returns its imageUUID and URL."""
+        task = {"taskType": "imageUpload", "taskUUID": task_uuid, "image": _data_uri(data, mime)}
+        item = await self._single(task)
+        return self._upload(item, "imageUUID", "imageURL")
+
+    async def upload_media(self, data: bytes, mime: str, task_uuid: str) -> Upload:
+        """Store any media at Runware (mediaStorage upload); returns its mediaUUID and URL."""
+        task = {
+            "taskType": "mediaStorage",
+            "taskUUID": task_uuid,
+            "operation": "upload",
+            "media": _data_uri(data, mime),
+        }
+        item = await self._single(task)
+        return self._upload(item, "mediaUUID", "mediaURL")
+
+    async def submit(self, task: dict[str, Any]) -> None:
+        """Submit one videoInference task (async delivery) under its caller-chosen taskUUID.
+
+        Returns once the API acknowledged it. ConflictError means the UUID is already known,
+        for instance because an earlier attempt landed but its answer was lost: poll it.
+        """
+        await self._single(task)
+
+    async def poll(self, task_uuids: Iterable[str]) -> dict[str, TaskState]:
+        """The state of many tasks, asked in batches of `poll_batch` getResponse tasks per POST."""
+        uuids = list(dict.fromkeys(task_uuids))
+        states: dict[str, TaskState] = {}
+        size = self._settings.poll_batch
+        for start in range(0, len(uuids), size):
+            states.update(await self._poll_batch(uuids[start : start + size]))
+        return states
+
+    async def download(self, url: str, target: Path) -> Download:
+        """Stream `url` to `target` (a temporary name chosen by the caller), checking length.
+
+        The target is removed on any failure, so a partial file never survives.
+        """
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    return await self._download_once(url, target)
+        except BaseException:  # also cancellation: no partial file may outlive the call
+            target.unlink(missing_ok=True)
+            raise
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    # --- requests -----------------------------------------------------------------------------
+
+    async def _single(self, task: dict[str, Any]) -> dict[str, Any]:
+        """POST one task and return its data item, or raise the error tied to it."""
+        data, errors = await self._post([task])
+        uuid = task["taskUUID"]
+        for error in errors:
+            if error.task_uuid in (None, uuid):
+                raise error
+        for item in data:
+            if item.get("taskUUID") == uuid:
+                return item
+        raise TransientError(
+            f"Runware: the answer to {task['taskType']} held no item for its task",
+            code="unrecognizedResponse",
+            task_uuid=uuid,
+        )
+
+    async def _poll_batch(self, uuids: Sequence[str]) -> dict[str, TaskState]:
+        tasks = [{"taskType": "getResponse", "taskUUID": uuid} for uuid in uuids]
+        data, errors = await self._post(tasks)
+        states = {uuid: TaskState(uuid) for uuid in uuids}
+        seen_videos: set[str] = set()
+        for item in data:
+            state = states.get(str(item.get("taskUUID")))
+            if state is not None:
+                _add_item(state, item, seen_videos)
+        for error in errors:
+            if error.task_uuid in states:
+                states[error.task_uuid].errors.append(error)
+            else:
+                raise error  # an error for the request as a whole
+        return states
+
+    async def _post(
+        self, tasks: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[ApiError]]:
+        async for attempt in self._retrying():
+            with attempt:
+                return await self._post_once(tasks)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _post_once(
+        self, tasks: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[ApiError]]:
+        if self._gate is not None:
+            await self._gate.acquire()
+        headers = {
+            "Authorization": f"Bearer {self._settings.api_key.get_secret_value()}",
+            "User-Agent": USER_AGENT,
+        }
+        kinds = ",".join(sorted({t["taskType"] for t in tasks}))
+        try:
+            response = await self._http.post(self._settings.api_url, json=tasks, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise TransientError(
+                f"Runware did not answer in time ({kinds})", code="timeout"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise TransientError(
+                f"connection to Runware failed ({kinds}): {type(exc).__name__}", code="connection"
+            ) from exc
+        retry_after = apierrors.parse_retry_after(response.headers.get("retry-after"))
+        if response.status_code == 429 and self._gate is not None:
+            self._gate.throttled(retry_after)
+        body = _json_body(response)
+        data, errors = _envelope(body, response.status_code, retry_after)
+        log.debug("POST %s -> %s (%d tasks)", kinds, response.status_code, len(tasks))
+        status = response.status_code
+        if status == 200:
+            return data, errors
+        ours = {t["taskUUID"] for t in tasks}
+        if status in TASK_LEVEL_STATUSES and errors and all(e.task_uuid in ours for e in errors):
+            return (
+                data,
+                errors,
+            )  # per-task rejections (a conflict, an unknown UUID): the caller decides
+        if errors:
+            raise errors[0]
+        detail = "the answer was not JSON" if body is None else "the answer held no error detail"
+        raise apierrors.from_status(status, detail, retry_after)
+
+    async def _download_once(self, url: str, target: Path) -> Download:
+        limit = self._settings.max_download_bytes
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            async with asyncio.timeout(self._settings.download_timeout):
+                async with self._http.stream(
+                    "GET", url, headers={"User-Agent": USER_AGENT}, follow_redirects=True
+                ) as response:
+                    _check_download_status(response)
+                    declared = response.headers.get("content-length")
+                    if declared is not None and declared.isdigit() and int(declared) > limit:
+                        raise RejectedError(
+                            f"download of {url} is {int(declared):,} bytes, over the limit"
+                        )
+                    async with aiofiles.open(target, "wb") as out:
+                        async for chunk in response.aiter_bytes(1 << 20):
+                            size += len(chunk)
+                            if size > limit:
+                                raise RejectedError(f"download of {url} exceeded {limit:,} bytes")
+                            digest.update(chunk)
+                            await out.write(chunk)
+        except TimeoutError as exc:
+            raise TransientError(f"download of {url} took too long", code="timeout") from exc
+        except httpx.TooManyRedirects as exc:
+            raise RejectedError(f"download of {url} redirects in a loop") from exc
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"download of {url} timed out", code="timeout") from exc
+        except httpx.TransportError as exc:
+            raise TransientError(
+                f"download of {url} broke off: {type(exc).__name__}", code="connection"
+            ) from exc
+        if declared is not None and declared.isdigit() and int(declared) != size:
+            raise TransientError(f"download of {url} was truncated ({size:,} of {declared} bytes)")
+        if size == 0:
+            raise TransientError(f"download of {url} was empty")
+        return Download(target, size, digest.hexdigest())
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(self._settings.max_attempts),
+            wait=WaitRetryAfter(self._settings.backoff_initial, self._settings.backoff_max),
+            reraise=True,
+            before_sleep=_log_retry,
+        )
+
+    def _upload(self, item: dict[str, Any], uuid_key: str, url_key: str) -> Upload:
+        try:
+            return Upload(uuid=item[uuid_key], url=item.get(url_key))
+        except (KeyError, ValidationError):
+            raise TransientError(
+                f"Runware: the upload answer held no {uuid_key}", code="unrecognizedResponse"
+            ) from None
+
+
+class WaitRetryAfter(wait_base):
+    """Exponential backoff with full jitter, but never shorter than the server's Retry-After."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+
+    def __call__(self, retry_state: Any) -> float:
+        ceiling = min(self.maximum, self.initial * 2 ** (retry_state.attempt_number - 1))
+        delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, ApiError) and error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, self.maximum))
+        return delay
+
+
+def _log_retry(retry_state: Any) -> None:
+    error = retry_state.outcome.exception() if retry_state.outcome else None
+    log.info("retrying after attempt %d: %s", retry_state.attempt_number, error)
+
+
+def _check_download_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if status < 300:
+        return
+    retry_after = apierrors.parse_retry_after(response.headers.get("retry-after"))
+    if status in (404, 410):
+        raise RejectedError(
+            f"download failed: HTTP {status} (the result expired or is gone)", status=status
+        )
+    if status in (408, 429) or status >= 500:
+        raise TransientError(
+            f"download failed: HTTP {status}", status=status, retry_after=retry_after
+        )
+    raise RejectedError(f"download failed: HTTP {status}", status=status)
+
+
+def _json_body(response: httpx.Response) -> Any:
+    if len(response.content) > MAX_RESPONSE_BYTES:
+        return None
+    try:
+        return json.loads(response.content)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _envelope(
+    body: Any, status: int, retry_after: float | None
+) -> tuple[list[dict[str, Any]], list[ApiError]]:
+    """`data` items and `errors` of an answer, accepting the shapes SDK1.8 accepts."""
+    if body is None:
+        if status == 200:
+            raise TransientError(
+                "Runware answered with something that is not JSON", code="unrecognizedResponse"
+            )
+        return [], []
+    if isinstance(body, list):
+        body = {"errors": body} if status != 200 else {"data": body}
+    if not isinstance(body, dict):
+        raise TransientError(
+            "Runware's answer has an unexpected shape", code="unrecognizedResponse"
+        )
+    data = body.get("data", [])
+    raw_errors = body.get("errors", body.get("error", []))
+    if isinstance(raw_errors, dict):
+        raw_errors = [raw_errors]
+    if not isinstance(data, list) or not isinstance(raw_errors, list):
+        raise TransientError(
+            "Runware's answer has an unexpected shape", code="unrecognizedResponse"
+        )
+    errors = [
+        apierrors.from_error_object(
+            e, status=None if status == 200 else status, retry_after=retry_after
+        )
+        for e in raw_errors
+        if isinstance(e, dict)
+    ]
+    return [item for item in data if isinstance(item, dict)], errors
+
+
+def _add_item(state: TaskState, item: dict[str, Any], seen_videos: set[str]) -> None:
+    """Fold one getResponse item into the task's state (answers are cumulative)."""
+    status = str(item.get("status", "")).lower()
+    if status == "error" or isinstance(item.get("error"), dict):
+        state.errors.append(apierrors.from_error_object(item))
+        return
+    if status == "success" or (not status and item.get("videoURL")):
+        try:
+            result = VideoResult.model_validate(item)
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            state.errors.append(
+                RejectedError(
+                    f"Runware returned an unusable result: {reason}",
+                    code="invalidResult",
+                    task_uuid=state.task_uuid,
+                )
+            )
+            return
+        if result.video_uuid not in seen_videos:
+            seen_videos.add(result.video_uuid)
+            state.results.append(result)
+        return
+    state.processing += 1  # processing, pending, queued, or a status we do not know yet
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

@@ -1,0 +1,32 @@
+"""Settings of one sandbox instance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from avatarbatch.sandbox.faults import FaultSpec
+
+
+class SandboxConfig(BaseModel):
+    """How the simulated provider behaves. Defaults suit a demo; tests turn latency down."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    api_key: str | None = None  #: only this key is accepted; None accepts any non-empty key
+    path: str = "/v1"
+    latency: float = Field(0.2, ge=0)  #: render seconds per second of audio
+    fixed_latency: float = Field(0.3, ge=0)  #: render seconds added to every task
+    workers: int = Field(4, ge=1)  #: render slots: tasks beyond this wait in a queue
+    render: Literal["full", "stub"] = "full"
+    faults: FaultSpec = Field(default_factory=FaultSpec)
+    seed: int = 0
+    allow_remote: bool = False  #: fetch inputs and call webhooks beyond loopback addresses
+    retry_after: int = Field(1, ge=0)  #: the Retry-After of injected 429 answers, seconds
+    slow_seconds: float = Field(2.0, ge=0)  #: delay of a `slow` fault
+    storage_dir: Path | None = None  #: where renders live; a temporary folder by default
+    max_body_bytes: int = 64 * 1024 * 1024
+    balance: float | None = None  #: USD; once billing reaches it, submissions get HTTP 402
+    default_ttl: int = 24 * 3600  #: seconds a result URL lives when the task gives no ttl

@@ -1,0 +1,330 @@
+"""The simulated provider behind the sandbox: a queue, render slots, results and a ledger.
+
+Accepted tasks wait in a FIFO queue for one of `workers` render slots, like a real provider's
+capacity; a task's render takes `latency` seconds per second of audio plus a fixed part, then
+its results appear one by one. Billing follows Runware's rule (price x output seconds, rounded
+to 5 places) per successful result and never for failures; a reused task UUID is refused with
+`conflictTaskUUID` and never billed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import tempfile
+import time
+import uuid as uuidlib
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from avatarbatch import catalog
+from avatarbatch.media import ProbeError, probe_audio, probe_image
+from avatarbatch.sandbox import store
+from avatarbatch.sandbox.config import SandboxConfig
+from avatarbatch.sandbox.faults import FaultInjector
+from avatarbatch.sandbox.notify import Notifier
+from avatarbatch.sandbox.render import EXTENSIONS, RenderError, render_stub, render_video
+from avatarbatch.sandbox.validation import media_form
+
+log = logging.getLogger("avatarbatch.sandbox")
+
+VIDEO_ROUTE = "/sandbox/video/"
+# Codes of injected failed generations: both are transient in the official SDK's taxonomy.
+FAILED_GENERATION_CODES = ("timeoutProvider", "providerError")
+
+
+@dataclass
+class Result:
+    """One video of a task."""
+
+    video_uuid: str
+    seed: int
+    status: str = "processing"  #: processing, success or error
+    path: Path | None = None
+    cost: Decimal = Decimal(0)
+    error: tuple[str, str] | None = None  #: (code, message) when status is error
+    expires_at: float = 0.0
+
+
+@dataclass
+class Task:
+    uuid: str
+    request: dict[str, Any]
+    base_url: str  #: scheme://host:port the client used, to build result URLs it can reach
+    accepted_at: float
+    results: list[Result] = field(default_factory=list)
+    seconds: float | None = None
+    finished: bool = False
+
+    @property
+    def model(self) -> catalog.AvatarModel:
+        return catalog.model_by_id(self.request["model"])
+
+    @property
+    def status(self) -> str:
+        if not self.finished:
+            return "processing"
+        return "success" if any(r.status == "success" for r in self.results) else "error"
+
+    @property
+    def cost(self) -> Decimal:
+        return sum((r.cost for r in self.results if r.status == "success"), Decimal(0))
+
+
+class Engine:
+    """All sandbox state. Lives in the server's event loop; workers start on first use."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.tasks: dict[str, Task] = {}
+        self.media = store.MediaStore()
+        self.faults = FaultInjector(config.faults, config.seed)
+        self.requests: Counter[str] = Counter()
+        self.post_times: list[float] = []
+        self.conflicts = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._queue: asyncio.Queue[Task] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._own_dir: tempfile.TemporaryDirectory[str] | None = None
+        if config.storage_dir is None:
+            self._own_dir = tempfile.TemporaryDirectory(prefix="avatarbatch-sandbox-")
+        self.storage = Path(config.storage_dir or self._own_dir.name)  # type: ignore[union-attr]
+        self.notifier = Notifier(allow_remote=config.allow_remote)
+
+    def ensure_started(self) -> None:
+        """Start the render slots in the running loop (an ASGI transport has no lifespan)."""
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._workers = [asyncio.create_task(self._work()) for _ in range(self.config.workers)]
+
+    async def aclose(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        self._workers = []
+        self._queue = None
+        await self.notifier.aclose()
+        if self._own_dir is not None:
+            self._own_dir.cleanup()
+
+    # --- submissions ----------------------------------------------------------------------------
+
+    def accept(self, request: dict[str, Any], base_url: str) -> Task:
+        """Queue a validated videoInference task."""
+        self.ensure_started()
+        assert self._queue is not None
+        number = int(request.get("numberResults", 1))
+        task = Task(request["taskUUID"], request, base_url, time.monotonic())
+        rng = random.Random(f"{self.config.seed}|{task.uuid}")  # noqa: S311 - simulated seeds
+        task.results = [
+            Result(str(uuidlib.uuid4()), rng.randrange(1, 2**31)) for _ in range(number)
+        ]
+        self.tasks[task.uuid] = task
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self._queue.put_nowait(task)
+        return task
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            task = await self._queue.get()
+            try:
+                await self._render_task(task)
+            except Exception:  # one broken task must not take a render slot down with it
+                log.exception("sandbox: task %s crashed", task.uuid)
+                self._fail(task, "internalServerError", "The sandbox failed to render this task.")
+            finally:
+                task.finished = True
+                self.in_flight -= 1
+                self._queue.task_done()
+
+    async def _render_task(self, task: Task) -> None:
+        try:
+            portrait, audio, seconds = await self._inputs(task)
+        except store.InputError as exc:
+            self._fail(task, exc.code, str(exc))
+            return
+        task.seconds = seconds
+        render_time = self.config.fixed_latency + self.config.latency * seconds
+        if self.faults.hits("task_error", task.uuid):
+            await asyncio.sleep(render_time / 2)
+            code = FAILED_GENERATION_CODES[self.faults.choice("task_error", task.uuid, 2)]
+            self._fail(task, code, "The provider failed to generate this video (injected fault).")
+            return
+        for index, result in enumerate(task.results):
+            delay = render_time if index == 0 else render_time * 0.1
+            # A TaskGroup, not gather: on cancellation it waits for the render to stop too,
+            # so ffmpeg never outlives the engine or writes into a deleted folder.
+            async with asyncio.TaskGroup() as group:
+                group.create_task(asyncio.sleep(delay))
+                group.create_task(self._render_result(task, result, portrait, audio))
+            if result.status == "success":
+                self.notifier.result_ready(task, self.result_item(task, result), result.path)
+
+    async def _render_result(self, task: Task, result: Result, portrait: Path, audio: Path) -> None:
+        fmt = task.request.get("outputFormat", "MP4")
+        dest = self.storage / f"{result.video_uuid}.{EXTENSIONS[fmt]}"
+        seconds = task.seconds or 0.0
+        try:
+            if self.config.render == "stub":
+                await render_stub(seconds, fmt, dest, cache_dir=self.storage / "stub-cache")
+            else:
+                quality = int(task.request.get("outputQuality", 95))
+                await render_video(portrait, audio, seconds, fmt, dest, quality=quality)
+        except RenderError as exc:
+            log.warning("sandbox: render of %s failed: %s", task.uuid, exc)
+            result.status, result.error = "error", ("processingFailed", "Rendering failed.")
+            return
+        result.path = dest
+        result.cost = task.model.cost(seconds)
+        result.expires_at = time.time() + int(task.request.get("ttl", self.config.default_ttl))
+        result.status = "success"
+
+    async def _inputs(self, task: Task) -> tuple[Path, Path, float]:
+        """Obtain both inputs and check them against Kling's limits, as the provider would."""
+        inputs = task.request["inputs"]
+        image, _ = await self._input_bytes(inputs["image"])
+        audio, _ = await self._input_bytes(inputs["audio"])
+        try:
+            probe_image(image)
+        except ProbeError as exc:
+            raise store.InputError("invalidImage", f"The image {exc}.") from None
+        try:
+            seconds = probe_audio(audio).seconds or 0.0
+        except ProbeError as exc:
+            raise store.InputError("invalidAudio", f"The audio {exc}.") from None
+        return self._spill(image, "img"), self._spill(audio, "audio"), seconds
+
+    async def _input_bytes(self, value: str) -> tuple[bytes, str]:
+        form = media_form(value)
+        if form == "uuid":
+            item = self.media.get(value)
+            if item is None:
+                raise store.InputError("invalidMediaUUID", f"No uploaded media has UUID {value}.")
+            return item.data, item.mime
+        if form == "url":
+            item = self.media.from_url(value)
+            if item is not None:
+                return item.data, item.mime
+            return await store.fetch(value, allow_remote=self.config.allow_remote)
+        return store.decode_inline(value)
+
+    def _spill(self, data: bytes, kind: str) -> Path:
+        """Write input bytes to a file for ffmpeg, once per distinct content."""
+        path = self.storage / "inputs" / f"{kind}-{hashlib.sha256(data).hexdigest()[:32]}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return path
+
+    def _fail(self, task: Task, code: str, message: str) -> None:
+        for result in task.results:
+            if result.status == "processing":
+                result.status, result.error = "error", (code, message)
+                self.notifier.result_failed(task, self.error_item(task, result))
+
+    # --- answers --------------------------------------------------------------------------------
+
+    def result_item(self, task: Task, result: Result) -> dict[str, Any]:
+        """The getResponse / webhook item of one finished video."""
+        fmt = task.request.get("outputFormat", "MP4")
+        item: dict[str, Any] = {
+            "taskType": "videoInference",
+            "taskUUID": task.uuid,
+            "status": "success",
+            "videoUUID": result.video_uuid,
+            "videoURL": f"{task.base_url}{VIDEO_ROUTE}{result.video_uuid}.{EXTENSIONS[fmt]}",
+            "seed": result.seed,
+        }
+        safety = task.request.get("safety") or {}
+        if safety.get("checkContent") or safety.get("mode") in ("fast", "full"):
+            item["NSFWContent"] = False
+        if task.request.get("includeCost"):
+            item["cost"] = float(result.cost)
+        return item
+
+    def error_item(self, task: Task, result: Result) -> dict[str, Any]:
+        code, message = result.error or ("unknownError", "Unknown failure.")
+        return {
+            "taskType": "videoInference",
+            "taskUUID": task.uuid,
+            "status": "error",
+            "code": code,
+            "message": message,
+        }
+
+    def poll(self, task_uuid: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Cumulative data items and failed-generation items of one task."""
+        task = self.tasks[task_uuid]
+        data: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for result in task.results:
+            if result.status == "success":
+                data.append(self.result_item(task, result))
+            elif result.status == "error":
+                errors.append(self.error_item(task, result))
+            else:
+                data.append(
+                    {"taskType": "videoInference", "taskUUID": task.uuid, "status": "processing"}
+                )
+        return data, errors
+
+    def video(self, name: str) -> tuple[Result, Task] | None:
+        """The finished, unexpired result a video URL names."""
+        video_uuid = name.split(".", 1)[0]
+        for task in self.tasks.values():
+            for result in task.results:
+                if result.video_uuid == video_uuid and result.status == "success":
+                    if result.expires_at < time.time():
+                        return None
+                    return result, task
+        return None
+
+    # --- accounts -------------------------------------------------------------------------------
+
+    def ledger(self) -> dict[str, Any]:
+        tasks = [
+            {
+                "taskUUID": task.uuid,
+                "model": task.request["model"],
+                "status": task.status,
+                "seconds": task.seconds,
+                "results": sum(1 for r in task.results if r.status == "success"),
+                "cost": float(task.cost),
+            }
+            for task in self.tasks.values()
+        ]
+        total = sum((task.cost for task in self.tasks.values()), Decimal(0))
+        return {
+            "tasks": tasks,
+            "total_cost": float(total),
+            "submissions": len(self.tasks),
+            "conflicts": self.conflicts,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        keys = (
+            "http_posts",
+            "videoInference",
+            "getResponse",
+            "mediaStorage",
+            "imageUpload",
+            "downloads",
+        )
+        return {
+            "requests": {key: self.requests[key] for key in keys},
+            "peak_in_flight": self.peak_in_flight,
+            "in_flight": self.in_flight,
+            "faults": dict(self.faults.injected),
+            "webhooks": self.notifier.counts(),
+        }

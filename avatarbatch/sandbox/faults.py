@@ -1,0 +1,80 @@
+"""Fault injection for the sandbox, reproducible from a seed.
+
+A decision is a pure function of (seed, fault kind, key, how often that key was seen), not a
+draw from a shared random stream, so the same manifest meets the same faults whatever order
+concurrent requests happen to arrive in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+FAULT_KINDS = ("http500", "http429", "reset", "slow", "task_error", "truncate")
+
+
+class FaultSpecError(ValueError):
+    """A --faults value that cannot be read; the text says which part."""
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """Probability of each fault kind, 0 to 1."""
+
+    rates: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str | None) -> FaultSpec:
+        """Read `http500=0.05,http429=0.05,reset=0.02`; an empty text means no faults."""
+        rates: dict[str, float] = {}
+        for part in (text or "").split(","):
+            if not part.strip():
+                continue
+            name, sep, value = part.partition("=")
+            name = name.strip()
+            if not sep or name not in FAULT_KINDS:
+                raise FaultSpecError(
+                    f"{part.strip()!r}: expected KIND=RATE, KIND one of {', '.join(FAULT_KINDS)}"
+                )
+            try:
+                rate = float(value)
+            except ValueError:
+                raise FaultSpecError(f"{part.strip()!r}: the rate must be a number") from None
+            if not 0 <= rate <= 1:
+                raise FaultSpecError(f"{part.strip()!r}: the rate must be between 0 and 1")
+            rates[name] = rate
+        return cls(rates)
+
+    def __str__(self) -> str:
+        return ",".join(f"{k}={v:g}" for k, v in self.rates.items()) or "none"
+
+
+class FaultInjector:
+    """Decides, reproducibly, whether a fault hits a given request, and counts the hits."""
+
+    def __init__(self, spec: FaultSpec, seed: int) -> None:
+        self.spec = spec
+        self.seed = seed
+        self._seen: Counter[tuple[str, str]] = Counter()
+        self.injected: Counter[str] = Counter()
+
+    def hits(self, kind: str, key: str) -> bool:
+        rate = self.spec.rates.get(kind, 0.0)
+        if rate <= 0:
+            return False
+        self._seen[(kind, key)] += 1
+        if unit_interval(self.seed, kind, key, self._seen[(kind, key)]) >= rate:
+            return False
+        self.injected[kind] += 1
+        return True
+
+    def choice(self, kind: str, key: str, options: int) -> int:
+        """A reproducible pick among `options` (which variant of a fault to play)."""
+        return int(unit_interval(self.seed, kind + ":choice", key, 0) * options) % options
+
+
+def unit_interval(seed: int, *parts: object) -> float:
+    """A number in [0, 1) determined by the seed and the parts."""
+    digest = hashlib.sha256("|".join(map(str, (seed, *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64

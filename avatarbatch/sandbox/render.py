@@ -1,0 +1,427 @@
+"""Real video files for the sandbox's finished avatar tasks, rendered with ffmpeg.
+
+The sandbox must hand back a file that a player, a download check and a human reviewer all
+accept, so `render_video` makes a genuine video: the portrait, the submitted audio, an audio
+waveform that moves with the speech (so a glance shows the audio is really there and in sync)
+and a "SANDBOX" mark so nobody mistakes the result for a paid render.
+
+Pillow prepares the single background frame (scaling, even dimensions, the mark and the darker
+band the waveform is drawn on) and hands it to ffmpeg as raw RGB on stdin. That keeps every
+image Pillow can read usable, applies EXIF rotation and needs no drawtext/freetype in ffmpeg.
+ffmpeg loops that frame, draws `showwaves` over the band and encodes.
+
+`render_stub` is for throughput benchmarks: thousands of tasks need some valid file quickly, so
+one tiny clip per (duration in ms, format) is rendered once into a cache and copied from there.
+
+Every ffmpeg run is an asyncio subprocess with a timeout that is killed and reaped when it
+times out or is cancelled (even twice). Every output is written to a hidden temporary file
+beside its destination and renamed into place only when complete; the frame and ffmpeg's
+messages live in anonymous temporary files, which disappear however the render ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+import imageio_ffmpeg
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+OutputFormat = Literal["MP4", "WEBM", "MOV"]
+EXTENSIONS: dict[str, str] = {"MP4": "mp4", "WEBM": "webm", "MOV": "mov"}
+
+FPS = 25
+MIN_QUALITY, MAX_QUALITY = 20, 99  # Runware's outputQuality range
+# The waveform band's share of the frame height; the mark's text height per frame short side.
+BAND_FRACTION = 0.2
+MARK_FRACTION = 0.045
+WAVE_COLOUR = "0x7fffd4"
+STUB_SIDE = 64
+STUB_COLOUR = "0x3a6ea5"
+# Enough of ffmpeg's stderr to see why it failed, short enough for a task's error message.
+STDERR_TAIL_LINES = 5
+# How many cancellations the cleanup of a cancelled ffmpeg run absorbs before giving up.
+CLEANUP_ATTEMPTS = 5
+
+
+class RenderError(Exception):
+    """ffmpeg (or Pillow, for the portrait) could not produce the video; the text says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class VideoInfo:
+    seconds: float  #: container duration as ffmpeg reports it (to 1/100 s)
+    video_codec: str  #: ffmpeg's codec name, e.g. "h264", "vp9"
+    audio_codec: str | None  #: e.g. "aac", "opus"; None without an audio stream
+    width: int
+    height: int
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary shipped with imageio-ffmpeg (or the one IMAGEIO_FFMPEG_EXE names)."""
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+async def render_video(
+    portrait: Path,
+    audio: Path,
+    seconds: float,
+    output_format: OutputFormat,
+    dest: Path,
+    *,
+    quality: int = 95,
+    max_side: int = 1280,
+    timeout: float = 300.0,
+) -> None:
+    """Render `portrait` speaking `audio` for exactly `seconds` into `dest`.
+
+    :param quality: Runware's outputQuality (20..99), mapped to the encoder's CRF.
+    :param max_side: the long side of the output is at most this (never upscaled).
+    :param timeout: ffmpeg is killed and RenderError raised after this many seconds.
+    """
+    _check_common(seconds, output_format)
+    if not MIN_QUALITY <= quality <= MAX_QUALITY:
+        raise ValueError(f"quality must be {MIN_QUALITY}..{MAX_QUALITY}, not {quality}")
+    if max_side < 2:
+        raise ValueError(f"max_side must be at least 2, not {max_side}")
+
+    # An anonymous file vanishes when closed, whatever happens; ffmpeg reads it as stdin.
+    with tempfile.TemporaryFile() as frame:
+        # Decoding a large JPEG takes long enough to stall other tasks; keep it off the loop.
+        # If this is cancelled the thread may still be writing: closing the file stops it.
+        size = await asyncio.to_thread(_write_frame, portrait, max_side, frame)
+        args = _video_args(size, audio, seconds, output_format, quality)
+        what = f"render {dest.name} ({output_format}) from {portrait.name} and {audio.name}"
+        await _render_into(dest, args, what=what, timeout=timeout, stdin=frame)
+
+
+def _video_args(
+    size: tuple[int, int], audio: Path, seconds: float, output_format: OutputFormat, quality: int
+) -> list[str]:
+    """ffmpeg's inputs, filter graph and encoding for a raw RGB frame on stdin plus `audio`."""
+    width, height = size
+    band = _band_height(height)
+    graph = (
+        f"[0:v]loop=loop=-1:size=1:start=0,setpts=N/{FPS}/TB[bg];"
+        # apad + -t make the length exactly `seconds` whatever the decoder's idea of the end.
+        "[1:a]asetpts=PTS-STARTPTS,apad,asplit[a][aw];"
+        f"[aw]aformat=channel_layouts=mono,showwaves=s={width}x{band}:mode=cline:rate={FPS}"
+        f":scale=sqrt:draw=full:colors={WAVE_COLOUR},format=rgba,colorchannelmixer=aa=0.8[wave];"
+        "[bg][wave]overlay=0:H-h:format=auto,format=yuv420p[v]"
+    )
+    return [
+        *("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"),
+        *("-framerate", str(FPS), "-i", "pipe:0"),
+        # The audio is user input: a playlist disguised as .mp3 must not fetch anything.
+        *("-protocol_whitelist", "file", "-i", _file_url(audio)),
+        *("-filter_complex", graph, "-map", "[v]", "-map", "[a]", "-map_metadata", "-1"),
+        *("-t", f"{seconds:.3f}"),
+        *_codec_args(output_format, quality),
+    ]
+
+
+async def render_stub(
+    seconds: float,
+    output_format: OutputFormat,
+    dest: Path,
+    *,
+    cache_dir: Path,
+    timeout: float = 120.0,
+) -> None:
+    """Copy a tiny valid clip of `seconds` (to the millisecond) into `dest`, rendering it once.
+
+    The clip is a 64x64 solid colour with silent audio. Its video stream ends on a frame
+    boundary at or before the audio, so the audio fixes the container's length: exact in
+    MP4/MOV; in WEBM the Matroska duration can exceed it by up to one Opus frame (20 ms).
+    """
+    _check_common(seconds, output_format)
+    millis = round(seconds * 1000)
+    if millis < 1:
+        raise ValueError(f"seconds must be at least 0.001, not {seconds}")
+    cached = cache_dir / f"stub-{millis}ms.{EXTENSIONS[output_format]}"
+    # The lock stops a burst of same-length tasks from all rendering the same clip; the
+    # temporary file and rename protect the cache from other processes sharing it.
+    async with _stub_lock(cache_dir, millis, output_format):
+        if not cached.is_file():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            frame = 1000 // FPS
+            video = max(frame, millis // frame * frame) / 1000
+            size = f"{STUB_SIDE}x{STUB_SIDE}"
+            args = [
+                *("-f", "lavfi", "-i", f"color=c={STUB_COLOUR}:s={size}:r={FPS}:d={video:.3f}"),
+                *("-f", "lavfi", "-i", f"anullsrc=r=48000:cl=mono:d={millis / 1000:.3f}"),
+                *("-t", f"{millis / 1000:.3f}"),
+                *_codec_args(output_format, quality=50),
+            ]
+            what = f"render the {millis} ms {output_format} stub"
+            await _render_into(cached, args, what=what, timeout=timeout)
+    await asyncio.to_thread(_copy_into_place, cached, dest)
+
+
+def probe_video(path: Path, *, timeout: float = 60.0) -> VideoInfo:
+    """Duration, codecs and frame size of a video, parsed from `ffmpeg -i` (there is no ffprobe)."""
+    try:
+        result = subprocess.run(
+            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", _file_url(path)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,  # without an output file ffmpeg always exits 1
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RenderError(f"ffmpeg took longer than {timeout:g} s to read {path}") from exc
+    text = result.stderr.decode("utf-8", errors="replace")
+    duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", text)
+    video = re.search(r"Stream #\d+:\d+\S*: Video: (\w+)[^\n]*?,\s*(\d{1,5})x(\d{1,5})\b", text)
+    if duration is None or video is None:
+        raise RenderError(f"{path} is not a readable video: {_tail(result.stderr)}")
+    hours, minutes, secs = duration.groups()
+    audio = re.search(r"Stream #\d+:\d+\S*: Audio: (\w+)", text)
+    return VideoInfo(
+        seconds=int(hours) * 3600 + int(minutes) * 60 + float(secs),
+        video_codec=video.group(1),
+        audio_codec=audio.group(1) if audio else None,
+        width=int(video.group(2)),
+        height=int(video.group(3)),
+    )
+
+
+def _check_common(seconds: float, output_format: str) -> None:
+    if output_format not in EXTENSIONS:
+        raise ValueError(
+            f"output_format must be one of {', '.join(EXTENSIONS)}, not {output_format!r}"
+        )
+    if not seconds > 0:
+        raise ValueError(f"seconds must be positive, not {seconds}")
+
+
+def _codec_args(output_format: OutputFormat, quality: int) -> list[str]:
+    """Encoder and muxer options; `quality` 20..99 maps linearly onto a sensible CRF span."""
+    share = (quality - MIN_QUALITY) / (MAX_QUALITY - MIN_QUALITY)  # 0 = worst, 1 = best
+    common = ["-threads", "2"]  # leave cores for the sandbox's other render workers
+    if output_format == "WEBM":
+        crf = round(50 - share * 26)  # VP9: 50 (rough) .. 24 (near transparent)
+        return [
+            *("-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1"),
+            *("-crf", str(crf), "-b:v", "0", "-pix_fmt", "yuv420p"),
+            *("-c:a", "libopus", "-b:a", "64k", *common, "-f", "webm"),
+        ]
+    crf = round(36 - share * 18)  # x264: 36 (rough) .. 18 (near transparent)
+    return [
+        *("-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p"),
+        *("-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", *common),
+        *("-f", "mp4" if output_format == "MP4" else "mov"),
+    ]
+
+
+def _write_frame(portrait: Path, max_side: int, out: IO[bytes]) -> tuple[int, int]:
+    """Write the background frame to `out` as raw RGB (ffmpeg's rawvideo); return its size."""
+    frame = _background_frame(portrait, max_side)
+    out.write(frame.tobytes())
+    out.flush()
+    out.seek(0)
+    return frame.size
+
+
+def _background_frame(portrait: Path, max_side: int) -> Image.Image:
+    """The portrait fitted into max_side with even dimensions, a darker band and the mark."""
+    try:
+        with Image.open(portrait) as original:
+            # thumbnail() never upscales and lets JPEG decode at reduced size; the box is
+            # square, so it bounds the long side whether or not EXIF later rotates the image.
+            original.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            image = ImageOps.exif_transpose(original).convert("RGBA")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise RenderError(f"portrait {portrait} is not a readable image: {exc}") from exc
+
+    width, height = image.size
+    even = (max(2, width - width % 2), max(2, height - height % 2))
+    if even != image.size:
+        # Dropping one edge column/row keeps the pixels sharp; only a 1 px side needs resizing.
+        fits = even[0] <= width and even[1] <= height
+        image = image.crop((0, 0, *even)) if fits else image.resize(even)
+    width, height = even
+
+    # Transparent portraits would otherwise turn black where they are see-through.
+    canvas = Image.new("RGBA", even, (128, 128, 128, 255))
+    canvas.alpha_composite(image)
+    overlay = Image.new("RGBA", even, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    draw.rectangle((0, height - _band_height(height), width, height), fill=(0, 0, 0, 96))
+    _draw_mark(draw, width, height)
+    canvas.alpha_composite(overlay)
+    return canvas.convert("RGB")
+
+
+def _band_height(height: int) -> int:
+    return max(2, round(height * BAND_FRACTION))
+
+
+def _draw_mark(draw: ImageDraw.ImageDraw, width: int, height: int) -> None:
+    """White "SANDBOX" on a dark pill in the top-right corner, sized to the frame."""
+    size = max(8, round(min(width, height) * MARK_FRACTION))
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont
+    try:
+        font = ImageFont.load_default(size=size)
+    except (ImportError, OSError, TypeError):  # Pillow without FreeType: fixed bitmap font
+        font = ImageFont.load_default()
+    left, top, right, bottom = draw.textbbox((0, 0), "SANDBOX", font=font)
+    pad, margin = max(2, size // 3), max(2, size // 2)
+    box_right, box_top = width - margin, margin
+    box_left = box_right - (right - left) - 2 * pad
+    box_bottom = box_top + (bottom - top) + 2 * pad
+    draw.rounded_rectangle(
+        (box_left, box_top, box_right, box_bottom), radius=pad, fill=(0, 0, 0, 150)
+    )
+    draw.text((box_left + pad - left, box_top + pad - top), "SANDBOX", font=font, fill="white")
+
+
+async def _render_into(
+    dest: Path, args: list[str], *, what: str, timeout: float, stdin: IO[bytes] | None = None
+) -> None:
+    """Run ffmpeg writing to a hidden file beside `dest`; rename it into place on success."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+    try:
+        await _run_ffmpeg(
+            [*args, "-y", _file_url(partial)], what=what, timeout=timeout, stdin=stdin
+        )
+        partial.replace(dest)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+async def _run_ffmpeg(
+    args: list[str], *, what: str, timeout: float, stdin: IO[bytes] | None
+) -> None:
+    """Run ffmpeg without blocking the loop; kill it on timeout or cancellation.
+
+    Input and messages go through files, not pipes: with no pipe to connect, CPython 3.11
+    cannot hang when a spawn is cancelled half-way (it waits for pipes connected after the
+    cancel), and there is no pipe buffer for a chatty ffmpeg to fill.
+    """
+    with tempfile.TemporaryFile() as messages:
+        process = await _spawn(args, what=what, stdin=stdin, stderr=messages)
+        try:
+            async with asyncio.timeout(timeout):
+                returncode = await process.wait()
+        except TimeoutError:
+            raise RenderError(f"ffmpeg took longer than {timeout:g} s to {what}; stopped") from None
+        finally:
+            if process.returncode is None:
+                await _stop(process)
+        if returncode != 0:
+            raise RenderError(
+                f"ffmpeg failed to {what} (exit status {returncode}): {_tail(_end_of(messages))}"
+            )
+
+
+async def _spawn(
+    args: list[str], *, what: str, stdin: IO[bytes] | None, stderr: IO[bytes]
+) -> asyncio.subprocess.Process:
+    spawning = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            ffmpeg_exe(),
+            *("-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"),
+            *args,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    )
+    try:
+        # Shielded so that a cancel arriving mid-spawn still yields a process to stop.
+        return await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        process = await _spawned(spawning)
+        if process is not None:
+            await _stop(process)
+        raise
+    except OSError as exc:
+        raise RenderError(f"could not start ffmpeg to {what}: {exc}") from exc
+
+
+async def _spawned(
+    spawning: asyncio.Future[asyncio.subprocess.Process],
+) -> asyncio.subprocess.Process | None:
+    """The process a cancelled spawn still creates, waited for through further cancels."""
+    for _ in range(CLEANUP_ATTEMPTS):
+        try:
+            return await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            if spawning.cancelled():  # the spawn itself was cancelled: nothing to stop
+                return None
+        except OSError:
+            return None
+    return None
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    """Kill ffmpeg and reap it, even if cancelled again meanwhile, then pass the cancel on.
+
+    Cancellation can arrive twice (a worker cancelled, then the loop shutting down cancels
+    whatever is left); giving up half-way would leave ffmpeg running and its transport open
+    after the loop closes. A killed process is reaped within milliseconds.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    cancelled = False
+    for _ in range(CLEANUP_ATTEMPTS):
+        try:
+            await process.wait()
+            break
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+def _tail(stderr: bytes) -> str:
+    """The last few lines ffmpeg wrote, for an error message."""
+    lines = [line.strip() for line in stderr.decode("utf-8", errors="replace").splitlines()]
+    return " | ".join([line for line in lines if line][-STDERR_TAIL_LINES:]) or "no message"
+
+
+def _end_of(messages: IO[bytes], size: int = 4096) -> bytes:
+    messages.seek(0, os.SEEK_END)
+    messages.seek(max(0, messages.tell() - size))
+    return messages.read()
+
+
+def _file_url(path: Path) -> str:
+    # An explicit protocol: a relative name like "concat:x" or "-x.mp3" is just a file.
+    return f"file:{path.absolute()}"
+
+
+_StubKey = tuple[str, int, str]
+# asyncio locks belong to one event loop, and tests start a loop per test.
+_stub_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_StubKey, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _stub_lock(cache_dir: Path, millis: int, output_format: str) -> asyncio.Lock:
+    locks = _stub_locks.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault((str(cache_dir.absolute()), millis, output_format), asyncio.Lock())
+
+
+def _copy_into_place(source: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+    try:
+        shutil.copyfile(source, partial)
+        partial.replace(dest)
+    finally:
+        partial.unlink(missing_ok=True)

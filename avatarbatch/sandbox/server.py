@@ -1,0 +1,111 @@
+"""Serving the sandbox: on a chosen port for `avatarbatch sandbox`, or on a free loopback port
+in a background thread for tests, benchmarks and `run --sandbox`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+
+from avatarbatch.sandbox.app import ConnectionDropped, create_app
+from avatarbatch.sandbox.config import SandboxConfig
+
+STARTUP_TIMEOUT = 30.0
+
+
+class _HideInjectedDrops(logging.Filter):
+    """uvicorn logs every exception in the app; the deliberate connection drops are noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, ConnectionDropped)
+
+
+def _uvicorn_config(app: Any, config: SandboxConfig, log_level: str) -> uvicorn.Config:
+    logging.getLogger("uvicorn.error").addFilter(_HideInjectedDrops())
+    return uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=30,
+        # A render of several results must not be cut short by a graceful shutdown.
+        timeout_graceful_shutdown=5,
+    )
+
+
+def serve(config: SandboxConfig, host: str, port: int, log_level: str = "info") -> None:
+    """Serve in the foreground until interrupted (the `avatarbatch sandbox` command)."""
+    server_config = _uvicorn_config(create_app(config), config, log_level)
+    server_config.host, server_config.port = host, port
+    uvicorn.Server(server_config).run()
+
+
+@dataclass
+class RunningSandbox:
+    """A sandbox serving on loopback; `api_url` is what a Runware client should use."""
+
+    base_url: str
+    api_url: str
+    config: SandboxConfig
+
+    def ledger(self) -> dict[str, Any]:
+        return httpx.get(f"{self.base_url}/sandbox/ledger", timeout=10).json()  # type: ignore[no-any-return]
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.base_url}/sandbox/stats", timeout=10).json()  # type: ignore[no-any-return]
+
+    def post_times(self) -> list[float]:
+        return httpx.get(f"{self.base_url}/sandbox/requests", timeout=10).json()["post_times"]  # type: ignore[no-any-return]
+
+
+@contextmanager
+def running_sandbox(
+    config: SandboxConfig | None = None, host: str = "127.0.0.1"
+) -> Iterator[RunningSandbox]:
+    """Start a sandbox on a free port of `host` in a thread; stop it on exit."""
+    config = config or SandboxConfig()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(_uvicorn_config(create_app(config), config, "warning"))
+    thread = threading.Thread(
+        target=lambda: asyncio.run(server.serve(sockets=[sock])),
+        name="avatarbatch-sandbox",
+        daemon=True,
+    )
+    thread.start()
+    try:
+        if (
+            not _wait_until(lambda: server.started or not thread.is_alive(), STARTUP_TIMEOUT)
+            or not server.started
+        ):
+            raise RuntimeError("the sandbox did not start")
+        base = f"http://{host}:{port}"
+        yield RunningSandbox(base, base + config.path, config)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def _wait_until(condition: Any, timeout: float) -> bool:
+    event = threading.Event()
+    deadline = timeout
+    step = 0.01
+    while deadline > 0:
+        if condition():
+            return True
+        event.wait(step)
+        deadline -= step
+    return bool(condition())

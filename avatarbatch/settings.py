@@ -1,0 +1,47 @@
+"""Where the API is and which key to use, from the environment, a .env file and options.
+
+Only the CLI calls this (with os.environ and the .env it found); everything below receives a
+finished `ClientSettings`, so no other module reads the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from dotenv import dotenv_values
+from pydantic import SecretStr
+
+from avatarbatch.errors import UsageError
+from avatarbatch.runware import DEFAULT_API_URL, ClientSettings
+
+KEY_VARIABLE = "RUNWARE_API_KEY"
+URL_VARIABLE = "RUNWARE_API_URL"
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Variables of a .env file (missing file: none); values never reach a message."""
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def client_settings(
+    environ: Mapping[str, str],
+    dotenv: Mapping[str, str] | None = None,
+    *,
+    api_url: str | None = None,
+    **tuning: object,
+) -> ClientSettings:
+    """Settings for the real API; the environment wins over .env, an option over both."""
+    merged = {**(dotenv or {}), **environ}
+    key = merged.get(KEY_VARIABLE, "").strip()
+    if not key:
+        raise UsageError(
+            f"no API key: set {KEY_VARIABLE} in the environment or in a .env file to use the "
+            "Runware API, or add --sandbox to run against the local sandbox instead"
+        )
+    url = api_url or merged.get(URL_VARIABLE, "").strip() or DEFAULT_API_URL
+    if not url.lower().startswith(("http://", "https://")):
+        raise UsageError(f"the API URL must be http(s), got {url!r}")
+    return ClientSettings(api_url=url, api_key=SecretStr(key), **tuning)
