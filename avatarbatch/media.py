@@ -12,7 +12,6 @@ import binascii
 import hashlib
 import io
 import re
-import stat
 import warnings
 from dataclasses import dataclass
 from enum import StrEnum
@@ -130,26 +129,14 @@ class ProbeError(Exception):
 
 
 def read_limited(path: Path, max_bytes: int) -> bytes:
-    """The file's bytes; refuses anything that is not a readable regular file within the cap."""
+    """The file's bytes; refuses anything that is not a readable, non-empty regular file."""
     try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ProbeError("does not exist") from None
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-        raise ProbeError(f"cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ProbeError("is a directory, not a file")
-    if not stat.S_ISREG(info.st_mode):
-        raise ProbeError("is not a regular file (a device, FIFO or socket?)")
-    if info.st_size == 0:
+        data = paths.read_regular_file(path, max_bytes)
+    except paths.UnreadableFile as exc:
+        raise ProbeError(str(exc)) from None
+    if not data:
         raise ProbeError("is empty (0 bytes)")
-    if info.st_size > max_bytes:
-        raise ProbeError(f"is {info.st_size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
-    try:
-        with path.open("rb") as handle:
-            return handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise ProbeError(f"cannot be read ({exc.strerror or exc})") from None
+    return data
 
 
 def probe_image(data: bytes) -> MediaInfo:

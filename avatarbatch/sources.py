@@ -11,17 +11,17 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from avatarbatch import paths
 from avatarbatch.diagnostics import Origin, Problems
 from avatarbatch.errors import ManifestError
 
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_MANIFEST_BYTES = 64_000_000
 MAX_YAML_DEPTH = 50
 PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 CSV_DELIMITERS = (",", ";", "\t")
@@ -54,28 +54,10 @@ def fail(origin: Origin, message: str) -> ManifestError:
 
 def read_text(path: Path) -> str:
     """The file's text, decoded; any reason it cannot be read becomes a located ManifestError."""
-    origin = Origin(path)
     try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise fail(origin, "no such file") from None
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-        raise fail(origin, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise fail(origin, "is a directory, not a manifest file")
-    if not stat.S_ISREG(info.st_mode):
-        raise fail(origin, "is not a regular file (a device, FIFO or socket?)")
-    if info.st_size > MAX_MANIFEST_BYTES:
-        raise fail(
-            origin,
-            f"is {info.st_size / 1e6:.0f} MB; manifests are limited to "
-            f"{MAX_MANIFEST_BYTES // (1024 * 1024)} MiB",
-        )
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
-        raise fail(origin, f"cannot read: {exc.strerror or exc}") from None
+        data = paths.read_regular_file(path, MAX_MANIFEST_BYTES)
+    except paths.UnreadableFile as exc:
+        raise fail(Origin(path), str(exc)) from None
     return decode(data, path)
 
 
