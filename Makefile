@@ -26,7 +26,7 @@ test: lint
 
 demo: install
 	$(BIN)/avatarbatch validate manifests/demo.yaml
-	$(BIN)/avatarbatch plan manifests/demo.yaml
+	$(BIN)/avatarbatch run manifests/demo.yaml --sandbox
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

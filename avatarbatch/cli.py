@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from avatarbatch import __version__, views
+from avatarbatch import __version__, batch, run_command, status_view, views
 from avatarbatch.diagnostics import display_path
 from avatarbatch.errors import AvatarBatchError, ManifestError
 from avatarbatch.plan import build_plan
@@ -30,10 +32,16 @@ ManifestArg = Annotated[
     Path, typer.Argument(help="Manifest: a YAML file, or a CSV file of rows.", show_default=False)
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+StateOpt = Annotated[
+    Path | None, typer.Option("--state", help="State file (default: OUT/state.sqlite).")
+]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Output folder (default: output.dir or out/NAME).")
+]
 
 
 def stdout() -> Console:
-    return Console(soft_wrap=False, highlight=False)
+    return Console(soft_wrap=True, highlight=False)
 
 
 def stderr() -> Console:
@@ -85,16 +93,85 @@ def validate(manifest: ManifestArg, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def plan(manifest: ManifestArg, as_json: JsonOpt = False) -> None:
+def plan(manifest: ManifestArg, state: StateOpt = None, as_json: JsonOpt = False) -> None:
     """Show what a run would do and what it would cost. Makes no API call."""
     with user_errors():
         result = _checked(manifest)
         assert result.manifest is not None
-        the_plan = build_plan(result.manifest.jobs, result.media)
+        path = batch.state_path(result.manifest, None, state)
+        stored = status_view.stored_jobs(path) if path.exists() else {}
+        the_plan = build_plan(result.manifest.jobs, result.media, stored)
     if as_json:
         typer.echo(json.dumps(the_plan.as_dict(), indent=2))
     else:
         views.print_plan(stdout(), the_plan, display_path(result.manifest.path))
+
+
+@app.command()
+def run(
+    manifest: ManifestArg,
+    out: OutOpt = None,
+    state: StateOpt = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Tasks in flight at once.")] = 4,
+    rps: Annotated[float, typer.Option(min=0.05, help="API requests per second, at most.")] = 5.0,
+    max_cost: Annotated[
+        float | None, typer.Option(min=0, help="Stop submitting before spending more (USD).")
+    ] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Run failed jobs again.")] = False,
+    api_url: Annotated[
+        str | None, typer.Option(help="API base URL (default RUNWARE_API_URL).")
+    ] = None,
+    sandbox: Annotated[
+        bool, typer.Option("--sandbox", help="Run against a local sandbox.")
+    ] = False,
+    sandbox_latency: Annotated[
+        float, typer.Option(help="Sandbox render seconds per second of audio.")
+    ] = 0.2,
+    sandbox_faults: Annotated[str | None, typer.Option(help="Sandbox fault rates.")] = None,
+    sandbox_render: Annotated[str, typer.Option(help="Sandbox renders: full or stub.")] = "full",
+    sandbox_seed: Annotated[int, typer.Option(help="Sandbox seed.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run every job that is not done yet (resumable; never pays twice for a job)."""
+    tty = sys.stderr.isatty() and not as_json
+    with user_errors():
+        options = run_command.options(
+            environ=os.environ,
+            out=out,
+            state=state,
+            concurrency=concurrency,
+            rps=rps,
+            max_cost=max_cost,
+            retry_failed=retry_failed,
+            api_url=api_url,
+            sandbox=sandbox,
+            sandbox_latency=sandbox_latency,
+            sandbox_faults=sandbox_faults,
+            sandbox_render=sandbox_render,
+            sandbox_seed=sandbox_seed,
+        )
+        summary = run_command.execute(manifest, options, tty=tty)
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict()))
+    else:
+        stdout().print(views.run_summary(summary), markup=False)
+    raise typer.Exit(summary.exit_code)
+
+
+@app.command()
+def status(
+    manifest: Annotated[Path | None, typer.Argument(help="Manifest whose state to show.")] = None,
+    state: StateOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Jobs by state, failures and spend so far, read from the state file."""
+    with user_errors():
+        report = status_view.load(manifest, state=state, out=out)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        views.print_status(stdout(), report)
 
 
 def _checked(manifest: Path) -> Preflight:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -15,6 +16,9 @@ from rich.table import Table
 from avatarbatch import catalog
 from avatarbatch.diagnostics import Problem, Problems
 from avatarbatch.plan import Plan, PlannedJob, Totals
+
+if TYPE_CHECKING:
+    from avatarbatch.batch import RunSummary
 
 
 def money(value: Decimal | float | None) -> str:
@@ -108,3 +112,32 @@ def _summary_line(plan: Plan, source: str) -> str:
     if run.jobs != total.jobs:
         text += f"; to run now: {run.jobs} jobs, estimated {_cost(run)}"
     return text
+
+
+def run_summary(summary: RunSummary) -> str:
+    """The closing lines of `run`."""
+    return (
+        f"{summary.jobs} jobs: {summary.done} done, {summary.failed} failed, "
+        f"{summary.pending} unfinished ({summary.submitted} submitted now, {summary.skipped} "
+        f"already done); cost ${summary.cost_actual:,.4f} (estimate ${summary.cost_estimated:,.4f})\n"
+        f"{summary.message}\nvideos: {summary.output_dir}/videos  state: {summary.state_file}"
+    )
+
+
+def print_status(console: Console, report: dict[str, Any]) -> None:
+    counts = ", ".join(f"{status} {n}" for status, n in report["by_status"].items() if n)
+    console.print(
+        f"{report['state_file']}: {report['jobs']} jobs ({counts or 'none'})", markup=False
+    )
+    console.print(
+        f"spent ${report['spend']:,.4f} of an estimated ${report['estimated']:,.4f}", markup=False
+    )
+    for failure in report["failures"]:
+        console.print(
+            f"failed {failure['id']}: {failure['error_message']}", markup=False, style="red"
+        )
+    last = report["last_run"]
+    if last:
+        console.print(
+            f"last run: {last.get('outcome')} (exit {last.get('exit_code')})", markup=False
+        )

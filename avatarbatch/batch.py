@@ -1,0 +1,352 @@
+"""Running a manifest end to end: the one entry point behind `avatarbatch run` and the library.
+
+It checks the manifest, locks and opens the state file, records the run, starts the sandbox
+when asked, drives the runner, and turns what happened into a summary with an exit code
+(DESIGN.md: 0 all done, 1 some failed, 3 budget, 4 auth/credit, 130 interrupted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from avatarbatch.errors import ManifestError, UsageError
+from avatarbatch.limits import RateLimiter
+from avatarbatch.lock import state_lock
+from avatarbatch.manifest import Manifest
+from avatarbatch.plan import Plan, build_plan
+from avatarbatch.poller import PollTiming
+from avatarbatch.preflight import Preflight, preflight
+from avatarbatch.runner import Hooks, Outcome, Runner, RunOptions
+from avatarbatch.runware import DEFAULT_API_URL, ClientSettings, RunwareClient, make_http_client
+from avatarbatch.sandbox.config import SandboxConfig
+from avatarbatch.sandbox.server import running_sandbox
+from avatarbatch.state import JobSpec, JobStatus, StateStore
+
+log = logging.getLogger("avatarbatch.run")
+
+EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Everything `run` needs besides the manifest; built once by the CLI or the caller."""
+
+    client: ClientSettings | None = None  #: the real API; None requires `sandbox`
+    sandbox: SandboxConfig | None = None  #: start a local sandbox for this run
+    out: Path | None = None
+    state: Path | None = None
+    concurrency: int = 4
+    rps: float = 5.0
+    max_cost: Decimal | None = None
+    retry_failed: bool = False
+    poll: PollTiming = field(default_factory=PollTiming)
+    job_timeout: float = 3600.0
+
+    def public(self) -> dict[str, Any]:
+        """The options as stored in the state file and reports: no key, no secrets."""
+        return {
+            "api_url": self.client.api_url if self.client else None,
+            "sandbox": self.sandbox is not None,
+            "out": str(self.out) if self.out else None,
+            "state": str(self.state) if self.state else None,
+            "concurrency": self.concurrency,
+            "rps": self.rps,
+            "max_cost": str(self.max_cost) if self.max_cost is not None else None,
+            "retry_failed": self.retry_failed,
+        }
+
+
+@dataclass
+class RunSummary:
+    jobs: int
+    done: int
+    failed: int
+    pending: int
+    submitted: int
+    skipped: int
+    cost_actual: float
+    cost_estimated: float
+    exit_code: int
+    message: str
+    output_dir: str
+    state_file: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def output_dir(manifest: Manifest, out: Path | None) -> Path:
+    """--out, else the manifest's output.dir, else out/<manifest name>/ in the working folder."""
+    return out or manifest.output_dir or Path("out") / manifest.path.stem
+
+
+def state_path(manifest: Manifest, out: Path | None, state: Path | None) -> Path:
+    return state or output_dir(manifest, out) / "state.sqlite"
+
+
+def checked(manifest_path: Path) -> Preflight:
+    result = preflight(manifest_path)
+    if not result.ok:
+        raise ManifestError(result.problems.items)
+    return result
+
+
+async def run_batch(
+    manifest_path: Path,
+    options: BatchOptions,
+    *,
+    hooks: Hooks | None = None,
+    handle_signals: bool = False,
+    on_runner: Callable[[Runner], None] | None = None,
+) -> RunSummary:
+    """Run the manifest; resumable, never paying twice for a job. Raises AvatarBatchError."""
+    checked_manifest = checked(manifest_path)
+    manifest = checked_manifest.manifest
+    assert manifest is not None
+    out = output_dir(manifest, options.out)
+    path = state_path(manifest, options.out, options.state)
+    with state_lock(path):
+        store = StateStore.open(path)
+        try:
+            plan = build_plan(manifest.jobs, checked_manifest.media, store.planning_view())
+            _register(store, plan)
+            run_id = store.start_run(
+                manifest=str(manifest.path),
+                manifest_sha256=manifest.sha256,
+                arguments=options.public(),
+            )
+            outcome = Outcome()
+            try:
+                outcome = await _execute(
+                    manifest,
+                    checked_manifest,
+                    plan,
+                    store,
+                    out,
+                    options,
+                    hooks,
+                    handle_signals,
+                    on_runner,
+                )
+            finally:
+                summary = summarize(store, plan, outcome, out, path)
+                store.finish_run(
+                    run_id,
+                    outcome=_outcome_word(summary.exit_code),
+                    exit_code=summary.exit_code,
+                    summary=summary.as_dict(),
+                )
+        finally:
+            store.close()
+    return summary
+
+
+def _register(store: StateStore, plan: Plan) -> None:
+    """Bring the state file in line with the manifest (new and changed jobs) in one commit."""
+    store.ensure_jobs(
+        JobSpec(
+            id=p.job.id,
+            spec_hash=p.spec_hash,
+            model=p.job.model,
+            number_results=p.job.number_results,
+            audio_seconds=p.audio_seconds,
+            estimated_cost=None if p.estimated_cost is None else float(p.estimated_cost),
+            vars=p.job.vars,
+        )
+        for p in plan.jobs
+    )
+
+
+async def _execute(
+    manifest: Manifest,
+    checked_manifest: Preflight,
+    plan: Plan,
+    store: StateStore,
+    out: Path,
+    options: BatchOptions,
+    hooks: Hooks | None,
+    handle_signals: bool,
+    on_runner: Callable[[Runner], None] | None,
+) -> Outcome:
+    run_options = RunOptions(
+        concurrency=options.concurrency,
+        max_cost=options.max_cost,
+        retry_failed=options.retry_failed,
+        job_timeout=options.job_timeout,
+        poll=options.poll,
+    )
+    pending = [p.job for p in plan.jobs]
+    if not _has_work(store, plan, options.retry_failed):
+        return Outcome()  # nothing to do: no sandbox, no connection, no request at all
+    with _api(options) as settings, _signals_enabled(handle_signals) as on_signal:
+        async with make_http_client(options.concurrency) as http:
+            client = RunwareClient(http, settings, gate=RateLimiter(options.rps))
+            runner = Runner(
+                pending, checked_manifest.media, store, client, out / "videos", run_options, hooks
+            )
+            runner.estimated_total = float(plan.totals.estimated_cost)
+            if on_runner is not None:
+                on_runner(runner)
+            on_signal.append(lambda: _interrupt(runner))
+            try:
+                return await runner.run()
+            except asyncio.CancelledError:
+                runner.outcome.interrupted = True
+                return runner.outcome
+
+
+def _has_work(store: StateStore, plan: Plan, retry_failed: bool) -> bool:
+    records = store.jobs()
+    finished = (JobStatus.DONE,) if retry_failed else (JobStatus.DONE, JobStatus.FAILED)
+    return any(records[p.job.id].status not in finished for p in plan.jobs)
+
+
+def _interrupt(runner: Runner) -> None:
+    runner.outcome.interrupted = True
+    runner.stop("interrupted; in-flight tasks are picked up by the next run")
+
+
+@contextlib.contextmanager
+def _api(options: BatchOptions) -> Iterator[ClientSettings]:
+    if options.sandbox is None:
+        if options.client is None:
+            raise ValueError("BatchOptions needs client settings or a sandbox")
+        yield options.client
+        return
+    key = "sandbox-" + secrets.token_hex(8)
+    config = options.sandbox.model_copy(update={"api_key": key})
+    with running_sandbox(config) as sandbox:
+        log.info("sandbox serving at %s", sandbox.api_url)
+        base = options.client or ClientSettings(api_key=SecretStr(key))
+        yield base.model_copy(update={"api_url": sandbox.api_url, "api_key": SecretStr(key)})
+
+
+@contextlib.contextmanager
+def _signals_enabled(enabled: bool) -> Iterator[list[Callable[[], None]]]:
+    """First SIGINT/SIGTERM: a graceful stop. Second: leave at once (state stays consistent)."""
+    callbacks: list[Callable[[], None]] = []
+    if not enabled:
+        yield callbacks
+        return
+    loop = asyncio.get_running_loop()
+    received = []
+
+    def handler() -> None:
+        received.append(1)
+        if len(received) > 1:
+            os._exit(EXIT_INTERRUPTED)  # every state write is already committed
+        for callback in callbacks:
+            callback()
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, handler)
+    try:
+        yield callbacks
+    finally:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(number)
+
+
+def run_manifest(
+    manifest: str | Path,
+    *,
+    sandbox: bool | SandboxConfig = False,
+    api_key: str | None = None,
+    api_url: str | None = None,
+    out: str | Path | None = None,
+    state: str | Path | None = None,
+    concurrency: int = 4,
+    rps: float = 5.0,
+    max_cost: float | Decimal | None = None,
+    retry_failed: bool = False,
+) -> RunSummary:
+    """Run a manifest from Python, with the options of `avatarbatch run`; returns the summary.
+
+    Give `api_key` (and optionally `api_url`) for the real API, or `sandbox=True` (or a
+    SandboxConfig) for a local sandbox. Raises AvatarBatchError subclasses for bad manifests,
+    a missing key, a locked state file; otherwise the summary's `exit_code` says how it went.
+    """
+    if not sandbox and not api_key:
+        raise UsageError("run_manifest needs api_key=... for the Runware API, or sandbox=True")
+    client = None
+    if api_key:
+        client = ClientSettings(api_url=api_url or DEFAULT_API_URL, api_key=SecretStr(api_key))
+    options = BatchOptions(
+        client=client,
+        sandbox=(sandbox if isinstance(sandbox, SandboxConfig) else SandboxConfig())
+        if sandbox
+        else None,
+        out=Path(out) if out is not None else None,
+        state=Path(state) if state is not None else None,
+        concurrency=concurrency,
+        rps=rps,
+        max_cost=None if max_cost is None else Decimal(str(max_cost)),
+        retry_failed=retry_failed,
+    )
+    return asyncio.run(run_batch(Path(manifest), options))
+
+
+def summarize(store: StateStore, plan: Plan, outcome: Outcome, out: Path, path: Path) -> RunSummary:
+    counts = store.counts()
+    records = store.jobs()
+    ids = [p.job.id for p in plan.jobs]
+    done = sum(1 for i in ids if records[i].status is JobStatus.DONE)
+    failed = sum(1 for i in ids if records[i].status is JobStatus.FAILED)
+    pending = len(ids) - done - failed
+    skipped = sum(1 for p in plan.jobs if p.status.value == "done")
+    remaining = [
+        records[i] for i in ids if records[i].status not in (JobStatus.DONE, JobStatus.FAILED)
+    ]
+    remaining_cost = sum((r.estimated_cost or 0.0) for r in remaining)
+    del counts
+    if outcome.fatal is not None:
+        code, message = EXIT_AUTH, f"stopped: {outcome.fatal}"
+    elif outcome.interrupted:
+        code, message = EXIT_INTERRUPTED, "interrupted: run the same command again to resume"
+    elif outcome.budget_stopped:
+        code = EXIT_BUDGET
+        message = (
+            f"budget reached: {len(remaining)} jobs remain, estimated ${remaining_cost:,.4f}; "
+            "raise --max-cost and run again to continue"
+        )
+    elif failed or pending:
+        code = EXIT_FAILED
+        message = f"{failed} failed, {pending} unfinished; --retry-failed reruns the failed ones"
+    else:
+        code, message = EXIT_OK, "every job done"
+    return RunSummary(
+        jobs=len(ids),
+        done=done,
+        failed=failed,
+        pending=pending,
+        submitted=outcome.submitted,
+        skipped=skipped,
+        cost_actual=round(sum(records[i].actual_cost or 0.0 for i in ids), 5),
+        cost_estimated=float(plan.totals.estimated_cost),
+        exit_code=code,
+        message=message,
+        output_dir=str(out),
+        state_file=str(path),
+    )
+
+
+def _outcome_word(code: int) -> str:
+    return {
+        EXIT_OK: "done",
+        EXIT_FAILED: "failed",
+        EXIT_BUDGET: "budget",
+        EXIT_AUTH: "auth",
+        EXIT_INTERRUPTED: "interrupted",
+    }.get(code, "unknown")

@@ -1,0 +1,76 @@
+"""The request-rate limiter every API request passes through, adaptive to 429 answers.
+
+Runware publishes no fixed rate limit: overload shows as 429 with Retry-After. So the limiter
+starts at the user's `--rps`, halves the rate and pauses for Retry-After on each 429, and
+creeps back up (x1.25 every few quiet seconds) to `--rps` once the API stops complaining.
+The leaky bucket itself is aiolimiter's; since its rate is fixed at construction, a rate change
+swaps in a new bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from aiolimiter import AsyncLimiter
+
+log = logging.getLogger("avatarbatch.limits")
+
+RECOVER_AFTER = 5.0  #: quiet seconds before the rate is raised again
+RECOVER_FACTOR = 1.25
+
+
+def _bucket(rps: float) -> AsyncLimiter:
+    # A bucket of one: requests are spaced 1/rps apart and never burst, so any one-second
+    # window holds at most rps + 1 of them, whatever the history.
+    return AsyncLimiter(1, time_period=1 / rps)
+
+
+class RateLimiter:
+    """A shared gate for API requests (implements runware.RequestGate)."""
+
+    def __init__(
+        self, rps: float, *, min_rps: float = 0.2, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if rps <= 0:
+            raise ValueError("rps must be positive")
+        self.target_rps = rps
+        self.min_rps = min(min_rps, rps)
+        self.current_rps = rps
+        self._clock = clock
+        self._bucket = _bucket(rps)
+        self._paused_until = 0.0
+        self._last_throttle = float("-inf")
+        self.throttles = 0
+
+    async def acquire(self) -> None:
+        """Wait for a request slot: after any Retry-After pause, then within the rate."""
+        self._maybe_recover()
+        while (wait := self._paused_until - self._clock()) > 0:
+            await asyncio.sleep(wait)
+        await self._bucket.acquire()
+
+    def throttled(self, retry_after: float | None) -> None:
+        """The API answered 429: slow down, and pause for Retry-After if it gave one."""
+        now = self._clock()
+        self.throttles += 1
+        self._last_throttle = now
+        if retry_after:
+            self._paused_until = max(self._paused_until, now + retry_after)
+        slower = max(self.min_rps, self.current_rps / 2)
+        if slower < self.current_rps:
+            self._set_rate(slower)
+            log.info("API asked to slow down: now %.2f requests/s", slower)
+
+    def _maybe_recover(self) -> None:
+        if self.current_rps >= self.target_rps:
+            return
+        if self._clock() - self._last_throttle >= RECOVER_AFTER:
+            self._set_rate(min(self.target_rps, self.current_rps * RECOVER_FACTOR))
+            self._last_throttle = self._clock()  # one step per quiet period
+
+    def _set_rate(self, rps: float) -> None:
+        self.current_rps = rps
+        self._bucket = _bucket(rps)

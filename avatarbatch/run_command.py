@@ -1,0 +1,96 @@
+"""The `run` command's wiring: options from flags and environment, logging, progress, asyncio.
+
+Kept out of cli.py so that the command body stays a few lines, and out of batch.py so that the
+library entry point never touches logging configuration or the terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+
+from avatarbatch import batch, progress
+from avatarbatch.batch import BatchOptions, RunSummary
+from avatarbatch.runner import Runner
+from avatarbatch.sandbox import settings as sandbox_settings
+from avatarbatch.settings import client_settings, read_dotenv
+
+PROGRESS_EVERY = 0.5  #: seconds between progress redraws
+
+
+def options(
+    *,
+    environ: Mapping[str, str],
+    out: Path | None,
+    state: Path | None,
+    concurrency: int,
+    rps: float,
+    max_cost: float | None,
+    retry_failed: bool,
+    api_url: str | None,
+    sandbox: bool,
+    sandbox_latency: float,
+    sandbox_faults: str | None,
+    sandbox_render: str,
+    sandbox_seed: int,
+) -> BatchOptions:
+    """BatchOptions from command-line values; the sandbox is used only when asked for."""
+    sandbox_config = None
+    client = None
+    if sandbox:
+        sandbox_config = sandbox_settings.build(
+            latency=sandbox_latency,
+            faults=sandbox_faults,
+            render=sandbox_render,
+            seed=sandbox_seed,
+            workers=max(4, concurrency),
+        )
+    else:
+        client = client_settings(environ, read_dotenv(Path(".env")), api_url=api_url)
+    return BatchOptions(
+        client=client,
+        sandbox=sandbox_config,
+        out=out,
+        state=state,
+        concurrency=concurrency,
+        rps=rps,
+        max_cost=None if max_cost is None else Decimal(str(max_cost)),
+        retry_failed=retry_failed,
+    )
+
+
+def execute(manifest: Path, run_options: BatchOptions, *, tty: bool) -> RunSummary:
+    """Run with log lines (and a live bar on a terminal); returns the summary."""
+    console = progress.configure_logging(tty=tty)
+    return asyncio.run(_with_progress(manifest, run_options, console))
+
+
+async def _with_progress(manifest: Path, run_options: BatchOptions, console: object) -> RunSummary:
+    runners: list[Runner] = []
+    from rich.console import Console
+
+    bar = progress.RunProgress(0, console if isinstance(console, Console) else None)
+
+    async def redraw() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            if runners:
+                runner = runners[0]
+                bar.set_total(len(runner.jobs))
+                bar.update(
+                    runner.state.counts(), float(runner.budget.spent), runner.estimated_total
+                )
+
+    with bar:
+        ticker = asyncio.create_task(redraw())
+        try:
+            return await batch.run_batch(
+                manifest, run_options, handle_signals=True, on_runner=runners.append
+            )
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker

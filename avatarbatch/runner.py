@@ -1,0 +1,402 @@
+"""The engine: drives each job through upload, submit, render and download, resumably.
+
+Every step that creates remote state or costs money is written ahead: the job's status and,
+for a submission, its task UUID are committed before the request is sent, and the outcome is
+committed after. On start, each unfinished job resumes from what the state file says
+(DESIGN.md's reconciliation table): `uploading` uploads again (free, cached by content hash),
+`submitting` asks getResponse whether its task UUID exists and resubmits the *same* UUID only
+if not, `processing` keeps polling, `downloading` downloads again. So a job is paid for at
+most once per attempt, wherever the process died.
+
+Concurrency: a fixed pool of job drivers (no task per row, so 100,000 rows cost no more memory
+than 100), an in-flight gate of `concurrency` tasks submitted and not yet finished at the
+provider, one shared rate limiter inside the client, and one batched poller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid as uuidlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+from avatarbatch.budget import Budget
+from avatarbatch.errors import ApiError, AuthError, ConflictError, CreditError, TransientError
+from avatarbatch.manifest import Job
+from avatarbatch.media import MediaInfo, MediaRef
+from avatarbatch.payloads import video_task
+from avatarbatch.poller import Poller, PollTiming
+from avatarbatch.runware import RunwareClient, TaskState, VideoResult
+from avatarbatch.state import JobRecord, JobStatus, StateStore
+
+log = logging.getLogger("avatarbatch.run")
+
+MIME_TYPES = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "MP3": "audio/mpeg",
+    "WAV": "audio/wav",
+    "M4A": "audio/mp4",
+    "AAC": "audio/aac",
+}
+FINISHED = (JobStatus.DONE, JobStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    concurrency: int = 4  #: tasks submitted and not yet finished at the provider
+    max_cost: Decimal | None = None
+    retry_failed: bool = False
+    generation_attempts: int = 3  #: submissions per job when generations fail transiently
+    job_timeout: float = 3600.0  #: longest wait for one task at the provider, seconds
+    poll: PollTiming = field(default_factory=PollTiming)
+
+
+class Hooks:
+    """Test seam: awaited at every write-ahead point, e.g. to simulate a crash right there."""
+
+    async def checkpoint(self, point: str, job_id: str) -> None:
+        return None
+
+
+class Stopped(Exception):
+    """Why a job driver stopped early without the job failing (budget, shutdown, auth)."""
+
+
+@dataclass
+class Outcome:
+    """What this invocation did, for the summary and the exit code."""
+
+    submitted: int = 0
+    fatal: ApiError | None = None  #: an auth or credit failure that stopped the run
+    budget_stopped: bool = False
+    interrupted: bool = False
+    timed_out: list[str] = field(default_factory=list)
+
+
+class Runner:
+    def __init__(
+        self,
+        jobs: list[Job],
+        media: Mapping[str, MediaInfo],
+        state: StateStore,
+        client: RunwareClient,
+        videos_dir: Path,
+        options: RunOptions,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.jobs = {job.id: job for job in jobs}
+        self.estimated_total = 0.0  #: for progress displays: the plan's estimate of every job
+        self.media = media
+        self.state = state
+        self.client = client
+        self.videos_dir = videos_dir
+        self.options = options
+        self.hooks = hooks or Hooks()
+        self.outcome = Outcome()
+        self.budget = Budget(options.max_cost, Decimal(str(state.spend())))
+        self.poller = Poller(client, options.poll)
+        self._in_flight = asyncio.Semaphore(options.concurrency)
+        self._uploads: dict[tuple[str, str], asyncio.Future[str]] = {}
+        self._stopping = asyncio.Event()
+        self._drivers: list[asyncio.Task[None]] = []
+
+    # --- the whole run ------------------------------------------------------------------------
+
+    def todo(self) -> list[Job]:
+        """Jobs this run works on: unfinished ones, plus failed ones when retrying."""
+        records = self.state.jobs()
+        selected = []
+        for job in self.jobs.values():
+            record = records[job.id]
+            if record.status is JobStatus.FAILED and self.options.retry_failed:
+                self.state.transition(
+                    job.id, JobStatus.PENDING, error_code=None, error_message=None
+                )
+            elif record.status in FINISHED:
+                continue
+            selected.append(job)
+        return selected
+
+    async def run(self) -> Outcome:
+        todo = self.todo()
+        if not todo:
+            return self.outcome
+        queue: asyncio.Queue[Job] = asyncio.Queue()
+        for job in todo:
+            queue.put_nowait(job)
+        workers = min(len(todo), max(4, self.options.concurrency * 2))
+        self._drivers = [asyncio.create_task(self._worker(queue)) for _ in range(workers)]
+        try:
+            await asyncio.gather(*self._drivers)
+        except asyncio.CancelledError:
+            self.outcome.interrupted = True
+            raise
+        finally:
+            for driver in self._drivers:
+                driver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*self._drivers, return_exceptions=True)
+            await self.poller.aclose()
+        return self.outcome
+
+    def stop(self, reason: str) -> None:
+        """Stop starting new work; jobs already at the provider are polled by the next run."""
+        if not self._stopping.is_set():
+            log.warning("stopping: %s", reason)
+            self._stopping.set()
+            for driver in self._drivers:
+                driver.cancel()
+
+    async def _worker(self, queue: asyncio.Queue[Job]) -> None:
+        while not queue.empty() and not self._stopping.is_set():
+            job = queue.get_nowait()
+            try:
+                await self._drive(job)
+            except Stopped:
+                continue
+            except (AuthError, CreditError) as exc:
+                self.outcome.fatal = exc
+                self.stop(f"{exc} (no further jobs are started; rerun when it is fixed)")
+                return
+
+    # --- one job ------------------------------------------------------------------------------
+
+    async def _drive(self, job: Job) -> None:
+        record = self._record(job.id)
+        if record.status in (JobStatus.PENDING, JobStatus.UPLOADING):
+            record = await self._upload_inputs(job)
+        async with self._in_flight:
+            if record.status in (JobStatus.PENDING, JobStatus.UPLOADING):
+                record = await self._submit(job, record, new_attempt=True)
+            elif record.status is JobStatus.SUBMITTING:
+                record = await self._reconcile_submission(job, record)
+            if record.status is JobStatus.PROCESSING:
+                record = await self._await_render(job, record)
+        if record.status is JobStatus.DOWNLOADING:
+            await self._download(job, record)
+
+    async def _upload_inputs(self, job: Job) -> JobRecord:
+        self._check_running()
+        self._transition(job, JobStatus.UPLOADING)
+        await self.hooks.checkpoint("upload:before", job.id)
+        image = await self._input(job.portrait, "image")
+        audio = await self._input(job.audio, "media")
+        await self.hooks.checkpoint("upload:after", job.id)
+        return self._transition(
+            job,
+            JobStatus.UPLOADING,
+            image_input=image if not job.portrait.is_inline else None,
+            audio_input=audio,
+        )
+
+    async def _input(self, ref: MediaRef, kind: str) -> str:
+        """The value to send for an input: remote refs as they are, local files uploaded once."""
+        if not ref.is_local:
+            return ref.value
+        info = self.media[ref.value]
+        key = (info.sha256, kind)
+        cached = self.state.upload_for(info.sha256, kind)
+        if cached is not None:
+            return cached[0]
+        if key not in self._uploads:
+            self._uploads[key] = asyncio.ensure_future(self._upload(ref, info, kind))
+        try:
+            return await asyncio.shield(self._uploads[key])
+        except ApiError:
+            self._uploads.pop(key, None)  # let the next job try again
+            raise
+
+    async def _upload(self, ref: MediaRef, info: MediaInfo, kind: str) -> str:
+        data = await asyncio.to_thread(Path(ref.value).read_bytes)
+        mime = MIME_TYPES.get(info.format, "application/octet-stream")
+        upload_call = self.client.upload_image if kind == "image" else self.client.upload_media
+        upload = await upload_call(data, mime, str(uuidlib.uuid4()))
+        self.state.record_upload(info.sha256, kind, upload.uuid, upload.url)
+        log.info("uploaded %s as %s", ref.written, upload.uuid)
+        return upload.uuid
+
+    async def _submit(self, job: Job, record: JobRecord, *, new_attempt: bool) -> JobRecord:
+        self._check_running()
+        estimate = Budget.estimate(job.catalog_model, self._seconds(job), job.number_results)
+        if not self.budget.reserve(job.id, estimate):
+            self.outcome.budget_stopped = True
+            raise Stopped("budget")
+        task_uuid = str(uuidlib.uuid4()) if new_attempt else record.task_uuid
+        assert task_uuid is not None
+        image = record.image_input or job.portrait.value
+        audio = record.audio_input or job.audio.value
+        if new_attempt:
+            record = self._transition(
+                job,
+                JobStatus.SUBMITTING,
+                task_uuid=task_uuid,
+                attempts=record.attempts + 1,
+                submitted_at=time.time(),
+                error_code=None,
+                error_message=None,
+            )
+        await self.hooks.checkpoint("submit:before", job.id)
+        try:
+            await self.client.submit(video_task(job, image, audio, task_uuid))
+        except ConflictError:
+            log.info("job %s: task %s already accepted earlier; polling it", job.id, task_uuid)
+        except TransientError as exc:
+            # It may have landed: leave it `submitting`; the next run asks getResponse.
+            self.budget.release(job.id)
+            log.warning(
+                "job %s: submit did not get through (%s); the next run checks it", job.id, exc
+            )
+            raise Stopped("submit uncertain") from exc
+        except ApiError as exc:
+            if isinstance(exc, AuthError | CreditError):
+                self.budget.release(job.id)
+                raise
+            self.budget.settle(job.id, Decimal(0))
+            self._fail(job, exc)
+            raise Stopped("rejected") from exc
+        self.outcome.submitted += 1
+        await self.hooks.checkpoint("submit:sent", job.id)
+        record = self._transition(job, JobStatus.PROCESSING)
+        log.info("job %s: submitted task %s (attempt %d)", job.id, task_uuid, record.attempts)
+        await self.hooks.checkpoint("submit:after", job.id)
+        return record
+
+    async def _reconcile_submission(self, job: Job, record: JobRecord) -> JobRecord:
+        """A submission whose outcome was never recorded: did the API get it?"""
+        assert record.task_uuid is not None
+        known = (await self.client.poll([record.task_uuid]))[record.task_uuid]
+        if known.not_found:
+            log.info("job %s: task %s never arrived; submitting it again", job.id, record.task_uuid)
+            return await self._submit(job, record, new_attempt=False)
+        self.budget.reserve(
+            job.id, Budget.estimate(job.catalog_model, self._seconds(job), job.number_results)
+        )
+        return self._transition(job, JobStatus.PROCESSING)
+
+    async def _await_render(self, job: Job, record: JobRecord) -> JobRecord:
+        assert record.task_uuid is not None
+        if not self._stopping.is_set():
+            self.budget.reserve(
+                job.id, Budget.estimate(job.catalog_model, self._seconds(job), job.number_results)
+            )
+        waiting = self.poller.watch(record.task_uuid, job.number_results, self._seconds(job))
+        try:
+            async with asyncio.timeout(self.options.job_timeout):
+                state = await waiting
+        except TimeoutError:
+            self.poller.forget(record.task_uuid)
+            self.outcome.timed_out.append(job.id)
+            log.warning(
+                "job %s: no result after %.0f s; the next run keeps polling",
+                job.id,
+                self.options.job_timeout,
+            )
+            raise Stopped("timeout") from None
+        await self.hooks.checkpoint("poll:done", job.id)
+        return await self._after_render(job, record, state)
+
+    async def _after_render(self, job: Job, record: JobRecord, state: TaskState) -> JobRecord:
+        cost = self._cost(job, state.results)
+        if state.results:
+            self.budget.settle(job.id, cost)
+            return self._transition(
+                job,
+                JobStatus.DOWNLOADING,
+                actual_cost=float(cost),
+                results=[_result_dict(r) for r in state.results],
+                error_code=state.errors[0].code if state.errors else None,
+                error_message=str(state.errors[0]) if state.errors else None,
+            )
+        self.budget.settle(job.id, Decimal(0))
+        error = state.errors[0]
+        retryable = isinstance(error, TransientError) and not state.not_found
+        if (
+            retryable
+            and record.attempts < self.options.generation_attempts
+            and not self._stopping.is_set()
+        ):
+            log.warning("job %s: generation failed (%s); trying again", job.id, error)
+            return await self._submit(job, record, new_attempt=True)
+        self._fail(job, error)
+        raise Stopped("failed")
+
+    async def _download(self, job: Job, record: JobRecord) -> None:
+        outputs = []
+        for name, result in zip(job.outputs, record.results, strict=False):
+            final = self.videos_dir / name
+            final.parent.mkdir(parents=True, exist_ok=True)
+            partial = final.parent / f".{final.name}.{uuidlib.uuid4().hex[:8]}.part"
+            await self.hooks.checkpoint("download:before", job.id)
+            try:
+                download = await self.client.download(result["video_url"], partial)
+            except ApiError as exc:
+                if isinstance(exc, AuthError | CreditError):
+                    raise
+                self._fail(job, exc)
+                raise Stopped("download failed") from exc
+            download.path.replace(final)  # atomic: the old video stays until this moment
+            outputs.append({"path": str(final), "bytes": download.size, "sha256": download.sha256})
+            await self.hooks.checkpoint("download:renamed", job.id)
+        if record.error_message:  # some results failed: keep what was paid for, report the rest
+            self._transition(job, JobStatus.FAILED, outputs=outputs)
+            log.error("job %s: failed: %s", job.id, record.error_message)
+            return
+        self._transition(job, JobStatus.DONE, outputs=outputs)
+        log.info(
+            "job %s: done (%d video%s, $%.5f)",
+            job.id,
+            len(outputs),
+            "s" * (len(outputs) > 1),
+            record.actual_cost or 0,
+        )
+        await self.hooks.checkpoint("download:after", job.id)
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._stopping.is_set():
+            raise Stopped("stopping")
+        if self.budget.exhausted:
+            self.outcome.budget_stopped = True
+            raise Stopped("budget")
+
+    def _record(self, job_id: str) -> JobRecord:
+        record = self.state.get(job_id)
+        assert record is not None, job_id
+        return record
+
+    def _transition(self, job: Job, to: JobStatus, **fields: object) -> JobRecord:
+        return self.state.transition(job.id, to, **fields)
+
+    def _fail(self, job: Job, error: ApiError) -> None:
+        self._transition(
+            job, JobStatus.FAILED, error_code=error.code or error.category, error_message=str(error)
+        )
+        log.error("job %s: failed: %s", job.id, error)
+
+    def _seconds(self, job: Job) -> float | None:
+        info = self.media.get(job.audio.value)
+        return info.seconds if info else None
+
+    def _cost(self, job: Job, results: list[VideoResult]) -> Decimal:
+        """What the results cost: Runware's own figure, else our estimate per result."""
+        if results and all(r.cost is not None for r in results):
+            return sum((Decimal(str(r.cost)) for r in results), Decimal(0))
+        seconds = self._seconds(job)
+        return job.catalog_model.cost(seconds, len(results)) if seconds else Decimal(0)
+
+
+def _result_dict(result: VideoResult) -> dict[str, object]:
+    return {
+        "video_uuid": result.video_uuid,
+        "video_url": result.video_url,
+        "seed": result.seed,
+        "nsfw": result.nsfw,
+        "cost": result.cost,
+    }

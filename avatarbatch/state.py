@@ -1,0 +1,517 @@
+"""The state file: the write-ahead log of a batch run, and the only module that speaks SQL.
+
+Every job is one row in `jobs` whose `status` follows the state machine of DESIGN.md. The
+runner commits its intent before any call that creates remote state or costs money (the task
+UUID is stored before the submit POST) and commits the outcome after it. Each public write
+method here is exactly one SQLite transaction (`BEGIN IMMEDIATE` ... `COMMIT`) that changes
+the row and appends to `events` together, so a SIGKILL at any instant leaves the old state or
+the new one, never half of each; `BEGIN IMMEDIATE` takes the write lock before the reads that
+decide a write (is this move legal? is this job new?), so those reads cannot go stale.
+
+WAL mode lets readers (`avatarbatch status`, Datasette) look while a run writes.
+`synchronous=FULL` makes each commit survive a power cut as well as a crash: it costs one
+fsync per transition (a fraction of a millisecond on an SSD), nothing next to a paid video,
+and it is what keeps "store the task UUID, then POST" true after a reboot.
+
+The file is ordinary SQLite: statuses are their string values, lists and dicts are JSON
+text, times are unix seconds, so `sqlite-utils` and Datasette can read it. It is created
+0600 because run arguments and result URLs are nobody else's business. The schema grows by
+numbered migration functions (`m001_initial`, ...), recorded in `_migrations` and applied on
+open, once each, in order, in one transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from avatarbatch.errors import AvatarBatchError
+from avatarbatch.plan import StoredJob
+
+BUSY_TIMEOUT = 10.0  #: seconds to wait for another connection's write lock before giving up
+
+
+class StateError(AvatarBatchError):
+    """The state file cannot be used, or a job was asked to make an illegal move."""
+
+    exit_code = 2
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"  #: known, nothing under way (new, changed, or reset for a retry)
+    UPLOADING = "uploading"  #: local inputs are being uploaded (free, cached by content hash)
+    SUBMITTING = "submitting"  #: task UUID committed; the paid POST may or may not have landed
+    PROCESSING = "processing"  #: Runware has the task; poll its task UUID
+    DOWNLOADING = "downloading"  #: results and costs known; the files are being fetched
+    DONE = "done"  #: every result downloaded and verified
+    FAILED = "failed"  #: given up; error_code and error_message say why
+
+
+_S = JobStatus
+#: The legal moves. Going back to PENDING is always allowed (a changed spec, --retry-failed);
+#: a status may repeat itself where a stage can start over (another upload, a new attempt,
+#: another poll, another download); SUBMITTING after PROCESSING is a resubmission after a
+#: transient failed generation.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    _S.PENDING: frozenset({_S.PENDING, _S.UPLOADING, _S.SUBMITTING, _S.FAILED}),
+    _S.UPLOADING: frozenset({_S.PENDING, _S.UPLOADING, _S.SUBMITTING, _S.FAILED}),
+    _S.SUBMITTING: frozenset({_S.PENDING, _S.SUBMITTING, _S.PROCESSING, _S.FAILED}),
+    _S.PROCESSING: frozenset({_S.PENDING, _S.PROCESSING, _S.DOWNLOADING, _S.SUBMITTING, _S.FAILED}),
+    _S.DOWNLOADING: frozenset({_S.PENDING, _S.DOWNLOADING, _S.DONE, _S.FAILED}),
+    _S.DONE: frozenset({_S.PENDING}),
+    _S.FAILED: frozenset({_S.PENDING}),
+}
+_STATUS_BY_VALUE = {status.value: status for status in JobStatus}
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One row of `jobs`, decoded."""
+
+    id: str
+    spec_hash: str
+    status: JobStatus
+    attempts: int  #: videoInference submissions (task UUIDs) so far
+    task_uuid: str | None  #: the current attempt's task UUID, written before the submit POST
+    model: str
+    number_results: int
+    audio_seconds: float | None
+    estimated_cost: float | None
+    actual_cost: float | None  #: sum of billed result costs once known
+    image_input: str | None  #: what was sent as inputs.image (UUID or URL; None if inline)
+    audio_input: str | None
+    results: list[dict[str, Any]]  #: {"video_uuid", "video_url", "seed", "nsfw", "cost"}
+    outputs: list[dict[str, Any]]  #: downloaded files: {"path", "bytes", "sha256"}
+    error_code: str | None
+    error_message: str | None
+    vars: dict[str, str]
+    updated_at: float
+    submitted_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What the manifest says about one job: the input of `StateStore.ensure_jobs`."""
+
+    id: str
+    spec_hash: str
+    model: str
+    number_results: int
+    audio_seconds: float | None
+    estimated_cost: float | None
+    vars: dict[str, str] = field(default_factory=dict)
+
+
+# The columns of `jobs` in JobRecord's field order, so a row maps onto a record positionally.
+_NAMES = tuple(JobRecord.__dataclass_fields__)
+_COLUMNS = ", ".join(_NAMES)
+_STATUS_INDEX = _NAMES.index("status")
+_JSON_INDEXES = tuple(_NAMES.index(name) for name in ("results", "outputs", "vars"))
+_JSON_FIELDS = frozenset({"results", "outputs"})
+_FLOAT_FIELDS = frozenset({"actual_cost", "submitted_at", "estimated_cost", "audio_seconds"})
+# A changed spec resets the job: the new spec in, the old attempt's traces out (not outputs).
+_UPSERT_JOB = """
+    INSERT INTO jobs (id, spec_hash, model, number_results, audio_seconds, estimated_cost, vars,
+                      status, created_at, updated_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8)
+    ON CONFLICT (id) DO UPDATE SET
+        spec_hash = ?2, model = ?3, number_results = ?4, audio_seconds = ?5,
+        estimated_cost = ?6, vars = ?7, status = 'pending', updated_at = ?8, attempts = 0,
+        task_uuid = NULL, results = '[]', actual_cost = NULL, error_code = NULL,
+        error_message = NULL, image_input = NULL, audio_input = NULL, submitted_at = NULL"""
+_DROPPED_ON_CHANGE = ("old_spec_hash", "old_status", "attempts", "task_uuid", "actual_cost")
+_TRANSITION_FIELDS = frozenset(
+    {"task_uuid", "attempts", "error_code", "error_message", "image_input", "audio_input"}
+    | _JSON_FIELDS
+    | _FLOAT_FIELDS
+)
+
+Migration = Callable[[Database], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(function: Migration) -> Migration:
+    """Register a schema step; steps run in the order they are defined, once per file."""
+    MIGRATIONS.append(function)
+    return function
+
+
+@migration
+def m001_initial(db: Database) -> None:
+    """runs, jobs, uploads and events; JSON columns hold json.dumps text."""
+    db.execute("""CREATE TABLE runs (
+        id INTEGER PRIMARY KEY, started_at REAL NOT NULL, finished_at REAL,
+        manifest TEXT NOT NULL, manifest_sha256 TEXT NOT NULL, arguments TEXT NOT NULL,
+        outcome TEXT, exit_code INTEGER, summary TEXT)""")
+    db.execute("""CREATE TABLE jobs (
+        id TEXT PRIMARY KEY, spec_hash TEXT NOT NULL, status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, task_uuid TEXT,
+        model TEXT NOT NULL, number_results INTEGER NOT NULL,
+        audio_seconds REAL, estimated_cost REAL, actual_cost REAL,
+        image_input TEXT, audio_input TEXT,
+        results TEXT NOT NULL DEFAULT '[]', outputs TEXT NOT NULL DEFAULT '[]',
+        error_code TEXT, error_message TEXT, vars TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL, updated_at REAL NOT NULL, submitted_at REAL)""")
+    db.execute("""CREATE TABLE uploads (
+        sha256 TEXT NOT NULL, kind TEXT NOT NULL, uuid TEXT NOT NULL, url TEXT,
+        uploaded_at REAL NOT NULL, PRIMARY KEY (sha256, kind))""")
+    db.execute("""CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
+        job_id TEXT, kind TEXT NOT NULL, detail TEXT)""")
+    db.execute("CREATE INDEX events_job_id ON events (job_id)")
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} cannot be stored as JSON")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False)
+
+
+def _float(value: Any) -> float | None:
+    """Costs may arrive as Decimal (plan.py computes in Decimal); SQLite stores REAL."""
+    return None if value is None else float(value)
+
+
+def _column_value(name: str, value: Any) -> Any:
+    if name in _JSON_FIELDS:
+        if not isinstance(value, list):
+            raise TypeError(f"{name} must be a list, not {type(value).__name__}")
+        return _dumps(value)
+    return _float(value) if name in _FLOAT_FIELDS else value
+
+
+def _make_private(path: Path) -> None:
+    """Create the file 0600 before SQLite opens it; make an older one and its WAL private."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have taken bits away, never added: be exact
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):  # SQLite gives these the main file's mode when it makes them
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}{suffix}").chmod(0o600)
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    """A `jobs` row, selected as `_COLUMNS`, as a record with its JSON columns decoded."""
+    values = list(row)
+    status = _STATUS_BY_VALUE.get(values[_STATUS_INDEX])
+    if status is None:
+        raise ValueError(f"job {values[0]!r} has the unknown status {values[_STATUS_INDEX]!r}")
+    values[_STATUS_INDEX] = status
+    for index in _JSON_INDEXES:
+        text = values[index]
+        # Most rows hold empty lists and dicts: skip the parser for those.
+        values[index] = [] if text == "[]" else {} if text == "{}" else json.loads(text)
+    return JobRecord(*values)
+
+
+class StateStore:
+    """All reads and writes of one state file; build it with `StateStore.open`."""
+
+    def __init__(self, db: Database, path: Path, clock: Callable[[], float]) -> None:
+        self._db = db
+        self.path = path
+        self._clock = clock
+
+    @classmethod
+    def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> StateStore:
+        """Open (creating if needed) a private state file, in WAL mode, fully migrated."""
+        path = Path(path)
+        try:
+            _make_private(path)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT)
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise StateError(f"cannot open the state file {path}: {reason}") from exc
+        try:
+            store = cls(Database(conn, execute_plugins=False), path, clock)
+            store._prepare()
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StateError(
+                    f"{path} is not a usable avatarbatch state file ({exc}); "
+                    "move it away or choose another state path"
+                ) from exc
+            raise
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- schema -------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        # Read first: a foreign file is refused before anything in it changes.
+        pending = {step.__name__ for step in MIGRATIONS} - self._applied_migrations()
+        self._db.enable_wal()
+        self._db.execute("PRAGMA synchronous=FULL")
+        if not pending:
+            return  # a reader (`status`) opening a current file writes nothing
+        with self._transaction() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+            )
+            applied = self._applied_migrations()  # again: another process may have migrated
+            for step in MIGRATIONS:
+                if step.__name__ not in applied:
+                    step(db)
+                    db.execute(
+                        "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
+                        [step.__name__, self._clock()],
+                    )
+
+    def _applied_migrations(self) -> set[str]:
+        tables = {t for t in self._db.table_names() if not t.startswith("sqlite_")}
+        if "_migrations" not in tables:
+            if tables:
+                raise StateError(
+                    f"{self.path} is an SQLite database but not an avatarbatch state file "
+                    f"(it holds {', '.join(sorted(tables))}); choose another state path"
+                )
+            return set()
+        if "name" not in self._db["_migrations"].columns_dict:
+            raise StateError(
+                f"{self.path} has a _migrations table that avatarbatch did not write; "
+                "choose another state path"
+            )
+        applied = {str(row[0]) for row in self._db.execute("SELECT name FROM _migrations")}
+        unknown = applied - {step.__name__ for step in MIGRATIONS}
+        if unknown:
+            raise StateError(
+                f"{self.path} records migrations this avatarbatch does not know "
+                f"({', '.join(sorted(unknown))}): it was written by a newer avatarbatch, "
+                "or by another program"
+            )
+        return applied
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Database]:
+        """One committed write: everything inside lands together, or nothing does."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.rollback()
+            raise
+
+    def _event(self, job_id: str | None, kind: str, detail: dict[str, Any] | None) -> None:
+        self._db.execute(
+            "INSERT INTO events (at, job_id, kind, detail) VALUES (?, ?, ?, ?)",
+            [self._clock(), job_id, kind, None if detail is None else _dumps(detail)],
+        )
+
+    def _select(self, where: str = "", params: Iterable[Any] = ()) -> list[JobRecord]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY rowid",  # noqa: S608 (fixed names)
+            list(params),
+        ).fetchall()
+        try:
+            return [_record(row) for row in rows]
+        except ValueError as exc:
+            raise StateError(f"{self.path} holds a job that cannot be read: {exc}") from exc
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def start_run(self, *, manifest: str, manifest_sha256: str, arguments: dict[str, Any]) -> int:
+        """Record the start of an invocation; `arguments` must already be free of secrets."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (started_at, manifest, manifest_sha256, arguments) "
+                "VALUES (?, ?, ?, ?)",
+                [self._clock(), manifest, manifest_sha256, _dumps(arguments)],
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def finish_run(
+        self, run_id: int, *, outcome: str, exit_code: int, summary: dict[str, Any]
+    ) -> None:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE runs SET finished_at = ?, outcome = ?, exit_code = ?, summary = ? "
+                "WHERE id = ?",
+                [self._clock(), outcome, exit_code, _dumps(summary), run_id],
+            )
+            if cursor.rowcount != 1:
+                raise StateError(f"run {run_id} is not in {self.path}")
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every invocation, oldest first, with `arguments` and `summary` decoded."""
+        runs = list(self._db.query("SELECT * FROM runs ORDER BY id"))
+        for run in runs:
+            run["arguments"] = json.loads(run["arguments"])
+            run["summary"] = None if run["summary"] is None else json.loads(run["summary"])
+        return runs
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        found = self._select("WHERE id = ?", [job_id])
+        return found[0] if found else None
+
+    def jobs(self) -> dict[str, JobRecord]:
+        """Every job by id, in insertion order."""
+        return {record.id: record for record in self._select()}
+
+    def planning_view(self) -> dict[str, StoredJob]:
+        """What `plan.build_plan` needs to know about each stored job."""
+        rows = self._db.execute("SELECT id, spec_hash, status FROM jobs ORDER BY rowid")
+        return {job_id: StoredJob(spec, status) for job_id, spec, status in rows}
+
+    def ensure_job(
+        self,
+        job_id: str,
+        *,
+        spec_hash: str,
+        model: str,
+        number_results: int,
+        audio_seconds: float | None,
+        estimated_cost: float | None,
+        vars: dict[str, str],
+    ) -> JobRecord:
+        """Insert a new job, keep an unchanged one, reset a changed one; see `ensure_jobs`."""
+        spec = JobSpec(
+            job_id, spec_hash, model, number_results, audio_seconds, estimated_cost, vars
+        )
+        return self.ensure_jobs([spec])[job_id]
+
+    def ensure_jobs(self, specs: Iterable[JobSpec]) -> dict[str, JobRecord]:
+        """Bring many jobs in line with the manifest in one transaction; returns their records.
+
+        Absent: inserted as PENDING. Same spec_hash: left exactly as stored. Another
+        spec_hash: the job changed, so it goes back to PENDING with the new spec and no
+        attempts, task, results, cost or error, but keeps `outputs`: the old video stays in
+        place until the new one has arrived. The "changed" event keeps what was dropped.
+        """
+        specs = list(specs)
+        ids = json.dumps([spec.id for spec in specs])
+        with self._transaction() as db:
+            stored = {
+                row[0]: row[1:]
+                for row in db.execute(
+                    "SELECT id, spec_hash, status, attempts, task_uuid, actual_cost FROM jobs "
+                    "WHERE id IN (SELECT value FROM json_each(?))",
+                    [ids],
+                )
+            }
+            now = self._clock()
+            rows: list[tuple[Any, ...]] = []
+            events: list[tuple[Any, ...]] = []
+            for spec in specs:
+                old = stored.get(spec.id)
+                if old is not None and old[0] == spec.spec_hash:
+                    continue
+                detail = {"spec_hash": spec.spec_hash}
+                if old is not None:
+                    detail |= dict(zip(_DROPPED_ON_CHANGE, old, strict=True))
+                kind = "created" if old is None else "changed"
+                events.append((now, spec.id, kind, _dumps(detail)))
+                floats = _float(spec.audio_seconds), _float(spec.estimated_cost)
+                row = (spec.id, spec.spec_hash, spec.model, spec.number_results, *floats)
+                rows.append((*row, _dumps(spec.vars), now))
+                stored[spec.id] = (spec.spec_hash, JobStatus.PENDING.value, 0, None, None)
+            db.conn.executemany(_UPSERT_JOB, rows)
+            db.conn.executemany(
+                "INSERT INTO events (at, job_id, kind, detail) VALUES (?, ?, ?, ?)", events
+            )
+            records = self._select("WHERE id IN (SELECT value FROM json_each(?))", [ids])
+        return {record.id: record for record in records}
+
+    def transition(self, job_id: str, to: JobStatus, **fields: Any) -> JobRecord:
+        """Move a job to `to` and update the given fields, as one logged transaction."""
+        unknown = sorted(set(fields) - _TRANSITION_FIELDS)
+        if unknown:
+            raise TypeError(f"transition() got unexpected field(s): {', '.join(unknown)}")
+        target = JobStatus(to)
+        values = {name: _column_value(name, value) for name, value in fields.items()}
+        with self._transaction() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", [job_id]).fetchone()
+            if row is None:
+                raise StateError(f"job {job_id!r} is not in {self.path}")
+            current = _STATUS_BY_VALUE.get(row[0])
+            if current is None or target not in TRANSITIONS[current]:
+                raise StateError(f"job {job_id!r} cannot go from {row[0]} to {target}")
+            values.update(status=target.value, updated_at=self._clock(), id=job_id)
+            assignments = ", ".join(f"{name} = :{name}" for name in values if name != "id")
+            # The column names come from _TRANSITION_FIELDS, never from the caller's text.
+            db.execute(f"UPDATE jobs SET {assignments} WHERE id = :id", values)  # noqa: S608
+            self._event(job_id, "transition", {"from": row[0], "to": target.value, **fields})
+            (record,) = self._select("WHERE id = ?", [job_id])
+        return record
+
+    def record_event(
+        self, job_id: str | None, kind: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        """Append to the log (API outcomes, reconciliation notes); nothing else changes."""
+        with self._transaction():
+            self._event(job_id, kind, detail)
+
+    def events(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """The log, oldest first (one job's, if given), with `detail` decoded."""
+        where, params = ("WHERE job_id = ?", [job_id]) if job_id is not None else ("", [])
+        sql = f"SELECT id, at, job_id, kind, detail FROM events {where} ORDER BY id"  # noqa: S608
+        events = list(self._db.query(sql, params))
+        for event in events:
+            if event["detail"] is not None:
+                event["detail"] = json.loads(event["detail"])
+        return events
+
+    # -- uploads ------------------------------------------------------------------------
+
+    def upload_for(self, sha256: str, kind: str) -> tuple[str, str | None] | None:
+        """The (uuid, url) Runware gave this content before, if any."""
+        row = self._db.execute(
+            "SELECT uuid, url FROM uploads WHERE sha256 = ? AND kind = ?", [sha256, kind]
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def record_upload(self, sha256: str, kind: str, uuid: str, url: str | None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO uploads (sha256, kind, uuid, url, uploaded_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sha256, kind) DO UPDATE SET "
+                "uuid = excluded.uuid, url = excluded.url, uploaded_at = excluded.uploaded_at",
+                [sha256, kind, uuid, url, self._clock()],
+            )
+
+    # -- summaries ----------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per status, every status present (zeros included)."""
+        counts = {status.value: 0 for status in JobStatus}
+        for status, count in self._db.execute("SELECT status, count(*) FROM jobs GROUP BY 1"):
+            counts[status] = count
+        return counts
+
+    def spend(self) -> float:
+        """Sum of the billed cost of every job's current results."""
+        return float(self._db.execute("SELECT total(actual_cost) FROM jobs").fetchone()[0])

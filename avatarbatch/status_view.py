@@ -1,0 +1,49 @@
+"""What `status` and `plan` read from a state file, without running anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from avatarbatch import batch
+from avatarbatch.errors import UsageError
+from avatarbatch.manifest import load_manifest
+from avatarbatch.plan import StoredJob
+from avatarbatch.state import JobStatus, StateStore
+
+
+def stored_jobs(path: Path) -> dict[str, StoredJob]:
+    store = StateStore.open(path)
+    try:
+        return store.planning_view()
+    finally:
+        store.close()
+
+
+def load(manifest: Path | None, *, state: Path | None, out: Path | None) -> dict[str, Any]:
+    """Jobs by state, failures, spend and the last run, as one JSON-ready mapping."""
+    if state is None:
+        if manifest is None:
+            raise UsageError("give a MANIFEST or --state FILE")
+        state = batch.state_path(load_manifest(manifest), out, None)
+    if not state.exists():
+        raise UsageError(f"no state file at {state}: nothing has run yet")
+    store = StateStore.open(state)
+    try:
+        jobs = store.jobs()
+        runs = store.runs()
+        return {
+            "state_file": str(state),
+            "jobs": len(jobs),
+            "by_status": store.counts(),
+            "spend": round(store.spend(), 5),
+            "estimated": round(sum(j.estimated_cost or 0.0 for j in jobs.values()), 5),
+            "failures": [
+                {"id": j.id, "error_code": j.error_code, "error_message": j.error_message}
+                for j in jobs.values()
+                if j.status is JobStatus.FAILED
+            ],
+            "last_run": runs[-1] if runs else None,
+        }
+    finally:
+        store.close()

@@ -1,0 +1,80 @@
+"""The adaptive rate limiter: within the rate, slower after 429, back to speed when quiet."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from avatarbatch.limits import RECOVER_AFTER, RateLimiter
+
+
+async def timestamps(limiter: RateLimiter, count: int) -> list[float]:
+    stamps = []
+    for _ in range(count):
+        await limiter.acquire()
+        stamps.append(time.monotonic())
+    return stamps
+
+
+def most_in_any_window(stamps: list[float], window: float = 1.0) -> int:
+    return max(sum(1 for t in stamps if start <= t < start + window) for start in stamps)
+
+
+async def test_requests_stay_within_the_rate() -> None:
+    stamps = await timestamps(RateLimiter(20), 30)
+    assert most_in_any_window(stamps) <= 21
+    assert min(b - a for a, b in zip(stamps, stamps[1:], strict=False)) >= 0.045
+
+
+async def test_fractional_rates_work() -> None:
+    limiter = RateLimiter(0.5)
+    stamps = await timestamps(limiter, 2)
+    assert stamps[1] - stamps[0] == pytest.approx(2.0, abs=0.1)
+
+
+async def test_throttle_halves_the_rate_and_honours_retry_after() -> None:
+    limiter = RateLimiter(8)
+    limiter.throttled(0.3)
+    assert limiter.current_rps == 4
+    started = time.monotonic()
+    await limiter.acquire()
+    assert time.monotonic() - started >= 0.29
+    limiter.throttled(None)
+    limiter.throttled(None)
+    limiter.throttled(None)
+    assert limiter.current_rps == 0.5 and limiter.throttles == 4
+
+
+async def test_rate_never_drops_below_the_floor() -> None:
+    limiter = RateLimiter(1, min_rps=0.25)
+    for _ in range(10):
+        limiter.throttled(None)
+    assert limiter.current_rps == 0.25
+
+
+async def test_rate_recovers_after_a_quiet_period() -> None:
+    now = [100.0]
+    limiter = RateLimiter(10, clock=lambda: now[0])
+    limiter.throttled(None)
+    assert limiter.current_rps == 5
+    now[0] += RECOVER_AFTER
+    await limiter.acquire()
+    assert limiter.current_rps == 6.25
+    for _ in range(5):
+        now[0] += RECOVER_AFTER
+        await limiter.acquire()
+    assert limiter.current_rps == 10
+
+
+def test_rate_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(0)
+
+
+async def test_concurrent_callers_share_one_rate() -> None:
+    limiter = RateLimiter(30)
+    results = await asyncio.gather(*(timestamps(limiter, 4) for _ in range(10)))
+    stamps = sorted(t for group in results for t in group)
+    assert most_in_any_window(stamps) <= 31
