@@ -6,6 +6,6 @@ From Python: `avatarbatch.run_manifest("batch.yaml", sandbox=True)` runs a manif
 
 __version__ = "0.1.0"
 
-from avatarbatch.batch import RunSummary, run_manifest  # noqa: E402
+from avatarbatch.batch import RunSummary, run_manifest
 
 __all__ = ["RunSummary", "__version__", "run_manifest"]

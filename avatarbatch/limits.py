@@ -43,6 +43,7 @@ class RateLimiter:
         self._bucket = _bucket(rps)
         self._paused_until = 0.0
         self._last_throttle = float("-inf")
+        self._last_halving = float("-inf")
         self.throttles = 0
 
     async def acquire(self) -> None:
@@ -59,6 +60,10 @@ class RateLimiter:
         self._last_throttle = now
         if retry_after:
             self._paused_until = max(self._paused_until, now + retry_after)
+        # Requests sent together come back 429 together: halve once per second, not per answer.
+        if now - self._last_halving < 1.0:
+            return
+        self._last_halving = now
         slower = max(self.min_rps, self.current_rps / 2)
         if slower < self.current_rps:
             self._set_rate(slower)

@@ -45,6 +45,8 @@ MIME_TYPES = {
     "AAC": "audio/aac",
 }
 FINISHED = (JobStatus.DONE, JobStatus.FAILED)
+# A submission refused for one of these names an input the API no longer has (or never had).
+STALE_INPUT_PARAMETERS = frozenset({"inputs.image", "inputs.audio"})
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class Runner:
         self.poller = Poller(client, options.poll)
         self._in_flight = asyncio.Semaphore(options.concurrency)
         self._uploads: dict[tuple[str, str], asyncio.Future[str]] = {}
+        self._refreshed: set[tuple[str, str]] = set()
         self._stopping = asyncio.Event()
         self._drivers: list[asyncio.Task[None]] = []
 
@@ -176,17 +179,17 @@ class Runner:
                 record = await self._submit(job, record, new_attempt=True)
             elif record.status is JobStatus.SUBMITTING:
                 record = await self._reconcile_submission(job, record)
-            if record.status is JobStatus.PROCESSING:
+            while record.status is JobStatus.PROCESSING:  # again after a resubmission
                 record = await self._await_render(job, record)
         if record.status is JobStatus.DOWNLOADING:
             await self._download(job, record)
 
-    async def _upload_inputs(self, job: Job) -> JobRecord:
+    async def _upload_inputs(self, job: Job, *, refresh: bool = False) -> JobRecord:
         self._check_running()
         self._transition(job, JobStatus.UPLOADING)
         await self.hooks.checkpoint("upload:before", job.id)
-        image = await self._input(job.portrait, "image")
-        audio = await self._input(job.audio, "media")
+        image = await self._input(job.portrait, "image", refresh=refresh)
+        audio = await self._input(job.audio, "media", refresh=refresh)
         await self.hooks.checkpoint("upload:after", job.id)
         return self._transition(
             job,
@@ -195,15 +198,23 @@ class Runner:
             audio_input=audio,
         )
 
-    async def _input(self, ref: MediaRef, kind: str) -> str:
-        """The value to send for an input: remote refs as they are, local files uploaded once."""
+    async def _input(self, ref: MediaRef, kind: str, *, refresh: bool = False) -> str:
+        """The value to send for an input: remote refs as they are, local files uploaded once.
+
+        `refresh` replaces a cached upload the API refused; concurrent refreshes of one file
+        share a single new upload.
+        """
         if not ref.is_local:
             return ref.value
         info = self.media[ref.value]
         key = (info.sha256, kind)
-        cached = self.state.upload_for(info.sha256, kind)
-        if cached is not None:
-            return cached[0]
+        if refresh and key not in self._refreshed:
+            self._refreshed.add(key)
+            self._uploads.pop(key, None)
+        elif key not in self._uploads:
+            cached = self.state.upload_for(info.sha256, kind)
+            if cached is not None:
+                return cached[0]
         if key not in self._uploads:
             self._uploads[key] = asyncio.ensure_future(self._upload(ref, info, kind))
         try:
@@ -221,7 +232,9 @@ class Runner:
         log.info("uploaded %s as %s", ref.written, upload.uuid)
         return upload.uuid
 
-    async def _submit(self, job: Job, record: JobRecord, *, new_attempt: bool) -> JobRecord:
+    async def _submit(
+        self, job: Job, record: JobRecord, *, new_attempt: bool, refreshed: bool = False
+    ) -> JobRecord:
         self._check_running()
         estimate = Budget.estimate(job.catalog_model, self._seconds(job), job.number_results)
         if not self.budget.reserve(job.id, estimate):
@@ -257,7 +270,12 @@ class Runner:
             if isinstance(exc, AuthError | CreditError):
                 self.budget.release(job.id)
                 raise
-            self.budget.settle(job.id, Decimal(0))
+            self.budget.release(job.id)
+            if exc.parameter in STALE_INPUT_PARAMETERS and not refreshed:
+                # Runware forgets uploads unused for 30 days: upload again, once, and resubmit.
+                log.warning("job %s: %s; uploading the inputs again", job.id, exc)
+                record = await self._upload_inputs(job, refresh=True)
+                return await self._submit(job, record, new_attempt=True, refreshed=True)
             self._fail(job, exc)
             raise Stopped("rejected") from exc
         self.outcome.submitted += 1

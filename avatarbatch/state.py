@@ -67,7 +67,8 @@ _S = JobStatus
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     _S.PENDING: frozenset({_S.PENDING, _S.UPLOADING, _S.SUBMITTING, _S.FAILED}),
     _S.UPLOADING: frozenset({_S.PENDING, _S.UPLOADING, _S.SUBMITTING, _S.FAILED}),
-    _S.SUBMITTING: frozenset({_S.PENDING, _S.SUBMITTING, _S.PROCESSING, _S.FAILED}),
+    # back to UPLOADING: the API refused the submission for an input it no longer has
+    _S.SUBMITTING: frozenset({_S.PENDING, _S.UPLOADING, _S.SUBMITTING, _S.PROCESSING, _S.FAILED}),
     _S.PROCESSING: frozenset({_S.PENDING, _S.PROCESSING, _S.DOWNLOADING, _S.SUBMITTING, _S.FAILED}),
     _S.DOWNLOADING: frozenset({_S.PENDING, _S.DOWNLOADING, _S.DONE, _S.FAILED}),
     _S.DONE: frozenset({_S.PENDING}),

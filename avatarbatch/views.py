@@ -119,7 +119,8 @@ def run_summary(summary: RunSummary) -> str:
     return (
         f"{summary.jobs} jobs: {summary.done} done, {summary.failed} failed, "
         f"{summary.pending} unfinished ({summary.submitted} submitted now, {summary.skipped} "
-        f"already done); cost ${summary.cost_actual:,.4f} (estimate ${summary.cost_estimated:,.4f})\n"
+        f"already done); cost ${summary.cost_actual:,.4f} "
+        f"(estimate ${summary.cost_estimated:,.4f})\n"
         f"{summary.message}\nvideos: {summary.output_dir}/videos  state: {summary.state_file}"
     )
 

@@ -167,11 +167,20 @@ class Engine:
             # so ffmpeg never outlives the engine or writes into a deleted folder.
             async with asyncio.TaskGroup() as group:
                 group.create_task(asyncio.sleep(delay))
-                group.create_task(self._render_result(task, result, portrait, audio))
-            if result.status == "success":
-                self.notifier.result_ready(task, self.result_item(task, result), result.path)
+                rendering = group.create_task(self._render_result(task, result, portrait, audio))
+            # Only now, once the simulated render time has passed too, is the result visible.
+            error = rendering.result()
+            if error is not None:
+                result.status, result.error = "error", error
+                self.notifier.result_failed(task, self.error_item(task, result))
+                continue
+            result.status = "success"
+            self.notifier.result_ready(task, self.result_item(task, result), result.path)
 
-    async def _render_result(self, task: Task, result: Result, portrait: Path, audio: Path) -> None:
+    async def _render_result(
+        self, task: Task, result: Result, portrait: Path, audio: Path
+    ) -> tuple[str, str] | None:
+        """Render one video file; returns (code, message) if it could not be made."""
         fmt = task.request.get("outputFormat", "MP4")
         dest = self.storage / f"{result.video_uuid}.{EXTENSIONS[fmt]}"
         seconds = task.seconds or 0.0
@@ -183,12 +192,11 @@ class Engine:
                 await render_video(portrait, audio, seconds, fmt, dest, quality=quality)
         except RenderError as exc:
             log.warning("sandbox: render of %s failed: %s", task.uuid, exc)
-            result.status, result.error = "error", ("processingFailed", "Rendering failed.")
-            return
+            return ("processingFailed", "Rendering failed.")
         result.path = dest
         result.cost = task.model.cost(seconds)
         result.expires_at = time.time() + int(task.request.get("ttl", self.config.default_ttl))
-        result.status = "success"
+        return None
 
     async def _inputs(self, task: Task) -> tuple[Path, Path, float]:
         """Obtain both inputs and check them against Kling's limits, as the provider would."""
