@@ -3,8 +3,10 @@
 Runware publishes no fixed rate limit: overload shows as 429 with Retry-After. So the limiter
 starts at the user's `--rps`, halves the rate and pauses for Retry-After on each 429, and
 creeps back up (x1.25 every few quiet seconds) to `--rps` once the API stops complaining.
-The leaky bucket itself is aiolimiter's; since its rate is fixed at construction, a rate change
-swaps in a new bucket.
+A sliding window log, not a leaky bucket: "at most rps requests in any one-second window" is
+exactly what users expect `--rps` to mean, and it lets a wave of submissions go out together
+instead of trickling out one every 1/rps seconds (aiolimiter's bucket either forbids bursts or
+lets up to twice the rate through in a second, so it is not used).
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
-
-from aiolimiter import AsyncLimiter
 
 log = logging.getLogger("avatarbatch.limits")
 
@@ -22,10 +23,27 @@ RECOVER_AFTER = 5.0  #: quiet seconds before the rate is raised again
 RECOVER_FACTOR = 1.25
 
 
-def _bucket(rps: float) -> AsyncLimiter:
-    # A bucket of one: requests are spaced 1/rps apart and never burst, so any one-second
-    # window holds at most rps + 1 of them, whatever the history.
-    return AsyncLimiter(1, time_period=1 / rps)
+class SlidingWindow:
+    """At most `count` acquisitions in any `period` seconds."""
+
+    def __init__(self, rps: float, clock: Callable[[], float]) -> None:
+        # Below one request per second, the window widens instead: 0.5 rps = 1 per 2 s.
+        self.count = max(1, int(rps))
+        self.period = self.count / rps
+        self._clock = clock
+        self._sent: deque[float] = deque()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:  # first come, first served
+            while True:
+                now = self._clock()
+                while self._sent and self._sent[0] <= now - self.period:
+                    self._sent.popleft()
+                if len(self._sent) < self.count:
+                    self._sent.append(now)
+                    return
+                await asyncio.sleep(self._sent[0] + self.period - now)
 
 
 class RateLimiter:
@@ -40,7 +58,7 @@ class RateLimiter:
         self.min_rps = min(min_rps, rps)
         self.current_rps = rps
         self._clock = clock
-        self._bucket = _bucket(rps)
+        self._bucket = SlidingWindow(rps, clock)
         self._paused_until = 0.0
         self._last_throttle = float("-inf")
         self._last_halving = float("-inf")
@@ -78,4 +96,4 @@ class RateLimiter:
 
     def _set_rate(self, rps: float) -> None:
         self.current_rps = rps
-        self._bucket = _bucket(rps)
+        self._bucket = SlidingWindow(rps, self._clock)

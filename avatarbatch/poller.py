@@ -1,11 +1,12 @@
 """One poller for every task in flight: batched getResponse calls timed by expected render time.
 
-Each task is first checked when it is expected to be done: the render time per second of audio
-is learnt from the tasks that finished so far (the middle of the interval in which each one
-finished, smoothed), so after the first few results most tasks are found done on their first
-check. Tasks due within a short window share one POST, however many there are; a task not done
-yet is checked again after a growing interval. So polling costs a fraction of one request per
-job instead of one request per job per second.
+Each task is first checked a little before it is expected to be done, then again shortly after,
+so most tasks cost one or two checks. The expectation is learnt from finished tasks with two
+competing models, render time proportional to the audio length and render time constant per
+task; whichever has predicted better so far is used (a provider whose queue dominates looks
+constant, one whose rendering dominates looks proportional). Tasks due within a short window
+share one POST, however many there are. So polling costs a fraction of one request per job
+instead of one request per job per second.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from avatarbatch.errors import TransientError
 from avatarbatch.runware import RunwareClient, TaskState
@@ -25,11 +26,48 @@ log = logging.getLogger("avatarbatch.poller")
 
 @dataclass(frozen=True)
 class PollTiming:
-    initial: float = 1.0  #: first check before any render time has been learnt
-    min_interval: float = 0.25  #: re-check interval after a first miss, and the batching window
+    initial: float = 1.0  #: first check while nothing has been learnt yet
+    early: float = 0.95  #: first check at this fraction of the expected render time
+    step: float = 0.05  #: re-check interval as a fraction of the expected render time
+    min_interval: float = 0.1
     max_interval: float = 10.0
-    growth: float = 1.5
-    smoothing: float = 0.3  #: weight of the newest observation in the learnt render rate
+    growth: float = 1.5  #: each further miss waits this much longer
+    window: float = 0.1  #: tasks due within this fraction of their expected time share a POST
+    smoothing: float = 0.3  #: weight of the newest observation
+    blind_step: float = 0.15  #: re-check after this share of the wait, before anything is learnt
+
+
+class RenderTimeEstimate:
+    """Learns how long a task takes from the audio seconds, with two competing models."""
+
+    def __init__(self, smoothing: float) -> None:
+        self.alpha = smoothing
+        self.per_second: float | None = None  #: render seconds per audio second
+        self.constant: float | None = None  #: render seconds per task
+        self._error = {"per_second": 0.0, "constant": 0.0}
+
+    def predict(self, audio_seconds: float) -> float | None:
+        if self.per_second is None or self.constant is None:
+            return None
+        if self._error["per_second"] <= self._error["constant"]:
+            return self.per_second * audio_seconds
+        return self.constant
+
+    def learn(self, duration: float, audio_seconds: float) -> None:
+        alpha = self.alpha
+        if self.per_second is not None and self.constant is not None:
+            for name, guess in (
+                ("per_second", self.per_second * audio_seconds),
+                ("constant", self.constant),
+            ):
+                self._error[name] = (1 - alpha) * self._error[name] + alpha * abs(guess - duration)
+        rate = duration / audio_seconds
+        self.per_second = (
+            rate if self.per_second is None else (1 - alpha) * self.per_second + alpha * rate
+        )
+        self.constant = (
+            duration if self.constant is None else (1 - alpha) * self.constant + alpha * duration
+        )
 
 
 @dataclass
@@ -40,7 +78,8 @@ class _Watch:
     started: float
     due: float
     interval: float
-    last_miss: float = field(default=0.0)
+    window: float
+    last_miss: float | None = None
 
 
 class Poller:
@@ -56,22 +95,26 @@ class Poller:
         self._watches: dict[str, _Watch] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.seconds_per_audio_second: float | None = None
+        self.estimate = RenderTimeEstimate(self._timing.smoothing)
         self.polls = 0
 
     def watch(
         self, task_uuid: str, expected_results: int, audio_seconds: float | None
     ) -> asyncio.Future[TaskState]:
         """A future resolved with the task's final state; starts the polling loop if needed."""
+        timing = self._timing
         now = self._clock()
         seconds = audio_seconds or 10.0
-        rate = self.seconds_per_audio_second
-        first = (
-            self._timing.initial if rate is None else max(self._timing.min_interval, rate * seconds)
-        )
+        predicted = self.estimate.predict(seconds)
+        if predicted is None:  # nothing learnt yet: check every task in flight together
+            first, interval, window = timing.initial, 0.0, timing.initial
+        else:
+            first = predicted * timing.early
+            interval = max(timing.min_interval, predicted * timing.step)
+            window = max(timing.min_interval, predicted * timing.window)
         future: asyncio.Future[TaskState] = asyncio.get_running_loop().create_future()
         self._watches[task_uuid] = _Watch(
-            future, expected_results, seconds, now, now + first, self._timing.min_interval, now
+            future, expected_results, seconds, now, now + first, interval, window
         )
         self._changed.set()
         if self._task is None or self._task.done():
@@ -97,7 +140,7 @@ class Poller:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            wait = min(w.due for w in self._watches.values()) - self._clock()
+            wait = self._next_poll() - self._clock()
             if wait > 0:
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
@@ -105,9 +148,19 @@ class Poller:
                 continue
             await self._poll_due()
 
+    def _next_poll(self) -> float:
+        """When to poll: once every task due within a window of the earliest one is due.
+
+        Waiting for the whole cluster costs the earliest task at most one window of delay and
+        saves a POST per task that would otherwise come due a moment later.
+        """
+        earliest = min(self._watches.values(), key=lambda w: w.due)
+        horizon = earliest.due + earliest.window
+        return max(w.due for w in self._watches.values() if w.due <= horizon)
+
     async def _poll_due(self) -> None:
-        horizon = self._clock() + self._timing.min_interval
-        due = [uuid for uuid, w in self._watches.items() if w.due <= horizon]
+        now = self._clock()
+        due = [uuid for uuid, w in self._watches.items() if w.due <= now + 0.01]
         self.polls += 1
         try:
             states = await self._client.poll(due)
@@ -115,7 +168,7 @@ class Poller:
             log.warning("polling failed, trying again shortly: %s", exc)
             for uuid in due:
                 if uuid in self._watches:
-                    self._reschedule(self._watches[uuid])
+                    self._reschedule(self._watches[uuid], self._clock())
             return
         except Exception as exc:  # auth/credit and the like end every wait with that error
             for uuid in due:
@@ -123,7 +176,6 @@ class Poller:
                 if watch is not None and not watch.future.done():
                     watch.future.set_exception(exc)
             return
-        now = self._clock()
         for uuid in due:
             watch = self._watches.get(uuid)
             if watch is None:
@@ -136,17 +188,25 @@ class Poller:
                     watch.future.set_result(state)
             else:
                 watch.last_miss = now
-                self._reschedule(watch)
+                self._reschedule(watch, now)
 
-    def _reschedule(self, watch: _Watch) -> None:
-        watch.due = self._clock() + watch.interval
-        watch.interval = min(self._timing.max_interval, watch.interval * self._timing.growth)
+    def _reschedule(self, watch: _Watch, now: float) -> None:
+        timing = self._timing
+        if not watch.interval:
+            # No expectation yet: look again after a fixed share of the time waited so far,
+            # so a 3 s render is seen within ~0.5 s and a 3 min one within ~30 s.
+            watch.due = now + max(0.5, (now - watch.started) * timing.blind_step)
+            return
+        watch.due = now + watch.interval
+        watch.interval = min(timing.max_interval, watch.interval * timing.growth)
 
-    def _learn(self, watch: _Watch, finished_by: float) -> None:
-        # The task finished between the last check that found it running and this one.
-        observed = ((watch.last_miss + finished_by) / 2 - watch.started) / watch.seconds
-        rate = self.seconds_per_audio_second
-        alpha = self._timing.smoothing
-        self.seconds_per_audio_second = (
-            observed if rate is None else (1 - alpha) * rate + alpha * observed
-        )
+    def _learn(self, watch: _Watch, found_at: float) -> None:
+        # Finished between the last check that found it running and this one. Found on its
+        # first check, only an upper bound is known: it pulls the estimate down a little,
+        # since the first check comes early; the next misses then bound it from below.
+        finished_by = found_at - watch.started
+        if watch.last_miss is None:
+            duration = finished_by
+        else:
+            duration = (watch.last_miss - watch.started + finished_by) / 2
+        self.estimate.learn(max(duration, 0.01), watch.seconds)

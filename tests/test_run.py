@@ -35,10 +35,21 @@ def sandbox() -> Iterator[RunningSandbox]:
 
 
 def options(sandbox: RunningSandbox, tmp_path: Path, **overrides: Any) -> BatchOptions:
-    client = ClientSettings(api_url=sandbox.api_url, api_key=SecretStr("test-key"), backoff_initial=0.01,
-                            backoff_max=0.05, max_attempts=overrides.pop("max_attempts", 6))
-    values: dict[str, Any] = {"client": client, "out": tmp_path / "out", "concurrency": 4, "rps": 200,
-                              "poll": QUICK_POLL, **overrides}
+    client = ClientSettings(
+        api_url=sandbox.api_url,
+        api_key=SecretStr("test-key"),
+        backoff_initial=0.01,
+        backoff_max=0.05,
+        max_attempts=overrides.pop("max_attempts", 6),
+    )
+    values: dict[str, Any] = {
+        "client": client,
+        "out": tmp_path / "out",
+        "concurrency": 4,
+        "rps": 200,
+        "poll": QUICK_POLL,
+        **overrides,
+    }
     return BatchOptions(**values)
 
 
@@ -53,7 +64,9 @@ def billed_once_per_job(sandbox: RunningSandbox, jobs: int) -> None:
     assert ledger["submissions"] == jobs, ledger
 
 
-def test_demo_run_completes_and_a_rerun_makes_no_request(sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path) -> None:
+def test_demo_run_completes_and_a_rerun_makes_no_request(
+    sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path
+) -> None:
     first = run(demo_copy / "demo.yaml", options(sandbox, tmp_path))
     assert (first.exit_code, first.done, first.submitted) == (0, 7, 7)
     videos = sorted(p.name for p in (tmp_path / "out" / "videos").iterdir())
@@ -66,15 +79,26 @@ def test_demo_run_completes_and_a_rerun_makes_no_request(sandbox: RunningSandbox
     billed_once_per_job(sandbox, 7)
 
 
-def test_a_shared_portrait_is_uploaded_once(sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path) -> None:
+def test_a_shared_portrait_is_uploaded_once(
+    sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path
+) -> None:
     run(demo_copy / "demo.yaml", options(sandbox, tmp_path))
     requests = sandbox.stats()["requests"]
     assert requests["imageUpload"] == 1  # one presenter for seven jobs
     assert requests["mediaStorage"] == 6  # six distinct voices
 
 
-CHECKPOINTS = ["upload:before", "upload:after", "submit:before", "submit:sent", "submit:after",
-               "poll:done", "download:before", "download:renamed", "download:after"]
+CHECKPOINTS = [
+    "upload:before",
+    "upload:after",
+    "submit:before",
+    "submit:sent",
+    "submit:after",
+    "poll:done",
+    "download:before",
+    "download:renamed",
+    "download:after",
+]
 
 
 class SimulatedCrash(BaseException):
@@ -128,21 +152,29 @@ def test_requests_stay_within_rps(sandbox: RunningSandbox, demo_copy: Path, tmp_
 def test_a_429_storm_slows_the_run_down_but_it_completes(demo_copy: Path, tmp_path: Path) -> None:
     stormy = QUICK.model_copy(update={"faults": FaultSpec.parse("http429=0.3"), "seed": 2})
     with running_sandbox(stormy) as sandbox:
-        summary = run(demo_copy / "example.csv", options(sandbox, tmp_path, max_attempts=20, rps=20))
+        summary = run(
+            demo_copy / "example.csv", options(sandbox, tmp_path, max_attempts=20, rps=20)
+        )
         assert summary.exit_code == 0, summary
         assert sandbox.stats()["faults"]["http429"] > 0
         billed_once_per_job(sandbox, 3)
 
 
-def test_auth_failure_stops_the_run_with_exit_4_and_fails_no_job(demo_copy: Path, tmp_path: Path) -> None:
+def test_auth_failure_stops_the_run_with_exit_4_and_fails_no_job(
+    demo_copy: Path, tmp_path: Path
+) -> None:
     with running_sandbox(QUICK.model_copy(update={"api_key": "the-right-key"})) as sandbox:
         summary = run(demo_copy / "demo.yaml", options(sandbox, tmp_path))
     assert summary.exit_code == 4 and "invalidApiKey" in summary.message
     assert summary.failed == 0 and summary.pending == 7
 
 
-def test_budget_stops_submitting_with_exit_3(sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path) -> None:
-    summary = run(demo_copy / "demo.yaml", options(sandbox, tmp_path, max_cost=Decimal("0.80"), concurrency=1))
+def test_budget_stops_submitting_with_exit_3(
+    sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path
+) -> None:
+    summary = run(
+        demo_copy / "demo.yaml", options(sandbox, tmp_path, max_cost=Decimal("0.80"), concurrency=1)
+    )
     assert summary.exit_code == 3
     assert summary.done == 3 and summary.pending == 4  # 0.2414 + 0.2644 + 0.2598 fit under $0.80
     assert "4 jobs remain" in summary.message
@@ -158,7 +190,9 @@ def test_failed_generations_are_retried_then_reported(demo_copy: Path, tmp_path:
         summary = run(demo_copy / "example.csv", options(sandbox, tmp_path))
         ledger = sandbox.ledger()
     assert summary.exit_code == 1 and summary.failed == 3
-    assert ledger["submissions"] == 9 and ledger["total_cost"] == 0  # 3 attempts per job, none billed
+    assert (
+        ledger["submissions"] == 9 and ledger["total_cost"] == 0
+    )  # 3 attempts per job, none billed
     store = StateStore.open(tmp_path / "out" / "state.sqlite")
     for job in store.jobs().values():
         assert job.attempts == 3 and job.error_code in ("timeoutProvider", "providerError")
@@ -175,7 +209,9 @@ def test_retry_failed_runs_only_the_failed_jobs(demo_copy: Path, tmp_path: Path)
         assert (retried.exit_code, retried.done, retried.submitted) == (0, 3, 3)
 
 
-def test_a_changed_job_is_redone_and_only_that_one(sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path) -> None:
+def test_a_changed_job_is_redone_and_only_that_one(
+    sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path
+) -> None:
     manifest = demo_copy / "demo.yaml"
     run(manifest, options(sandbox, tmp_path))
     old = (tmp_path / "out" / "videos" / "host-en-pro.mp4").stat().st_mtime_ns
@@ -186,7 +222,9 @@ def test_a_changed_job_is_redone_and_only_that_one(sandbox: RunningSandbox, demo
     assert (tmp_path / "out" / "videos" / "host-en-pro.mp4").stat().st_mtime_ns != old
 
 
-def test_two_runs_cannot_share_a_state_file(sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path) -> None:
+def test_two_runs_cannot_share_a_state_file(
+    sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path
+) -> None:
     state = tmp_path / "out" / "state.sqlite"
     state.parent.mkdir(parents=True)
     with state_lock(state), pytest.raises(StateLocked, match="another avatarbatch run is using"):
@@ -203,9 +241,13 @@ def test_library_entry_point_runs_on_its_own_sandbox(demo_copy: Path, tmp_path: 
         run_manifest(demo_copy / "example.csv")
 
 
-def test_costs_in_the_state_match_the_ledger(sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path) -> None:
+def test_costs_in_the_state_match_the_ledger(
+    sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path
+) -> None:
     summary = run(demo_copy / "demo.yaml", options(sandbox, tmp_path))
     ledger = sandbox.ledger()
     assert summary.cost_actual == pytest.approx(ledger["total_cost"])
-    expected = sum(float(catalog.STANDARD.cost(s)) for s in (5.486, 6.008, 5.904, 5.251, 6.243, 6.374))
+    expected = sum(
+        float(catalog.STANDARD.cost(s)) for s in (5.486, 6.008, 5.904, 5.251, 6.243, 6.374)
+    )
     assert summary.cost_actual == pytest.approx(expected + float(catalog.PRO.cost(5.486)))
