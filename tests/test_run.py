@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -145,8 +144,9 @@ def test_requests_stay_within_rps(sandbox: RunningSandbox, demo_copy: Path, tmp_
     summary = run(demo_copy / "demo.yaml", options(sandbox, tmp_path, rps=8))
     assert summary.exit_code == 0
     stamps = sandbox.post_times()
-    assert max(sum(1 for t in stamps if s <= t < s + 1) for s in stamps) <= 9
-    assert min(b - a for a, b in itertools.pairwise(stamps)) >= 0.1  # 1/8 s, minus scheduling slack
+    # Timestamps are taken at the sandbox, so allow for one request's network jitter.
+    assert max(sum(1 for t in stamps if s <= t < s + 0.98) for s in stamps) <= 8
+    assert stamps[-1] - stamps[0] >= (len(stamps) - 8) / 8
 
 
 def test_a_429_storm_slows_the_run_down_but_it_completes(demo_copy: Path, tmp_path: Path) -> None:
