@@ -24,12 +24,12 @@ from pathlib import Path
 from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_manifest import write_manifest  # noqa: E402
+from make_manifest import write_manifest
 
-from avatarbatch.batch import BatchOptions, run_batch  # noqa: E402
-from avatarbatch.runware import ClientSettings  # noqa: E402
-from avatarbatch.sandbox.config import SandboxConfig  # noqa: E402
-from avatarbatch.sandbox.server import running_sandbox  # noqa: E402
+from avatarbatch.batch import BatchOptions, run_batch
+from avatarbatch.runware import ClientSettings
+from avatarbatch.sandbox.config import SandboxConfig
+from avatarbatch.sandbox.server import running_sandbox
 
 
 def main() -> None:
@@ -43,12 +43,14 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="avatarbatch-bench-"))
     manifest = write_manifest(args.jobs, folder)
     # Render time independent of the audio length: a fixed provider latency, stub videos.
-    config = SandboxConfig(latency=0, fixed_latency=args.render_seconds, render="stub",
-                           workers=args.concurrency)
+    config = SandboxConfig(
+        latency=0, fixed_latency=args.render_seconds, render="stub", workers=args.concurrency
+    )
     with running_sandbox(config) as sandbox:
         client = ClientSettings(api_url=sandbox.api_url, api_key=SecretStr("bench"))
-        options = BatchOptions(client=client, out=folder / "out", concurrency=args.concurrency,
-                               rps=args.rps)
+        options = BatchOptions(
+            client=client, out=folder / "out", concurrency=args.concurrency, rps=args.rps
+        )
         started = time.perf_counter()
         summary = asyncio.run(run_batch(manifest, options))
         wall = time.perf_counter() - started
@@ -56,8 +58,20 @@ def main() -> None:
         env = {**os.environ, "RUNWARE_API_KEY": "bench", "RUNWARE_API_URL": sandbox.api_url}
         started = time.perf_counter()
         rerun = subprocess.run(
-            [sys.executable, "-m", "avatarbatch", "run", str(manifest), "--out", str(folder / "out"), "--json"],
-            env=env, capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                "-m",
+                "avatarbatch",
+                "run",
+                str(manifest),
+                "--out",
+                str(folder / "out"),
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         rerun_wall = time.perf_counter() - started
         stats_after = sandbox.stats()
@@ -70,7 +84,10 @@ def main() -> None:
         "ideal_s": ideal,
         "wall_over_ideal": round(wall / ideal, 3),
         "posts_per_job": round(requests["http_posts"] / args.jobs, 3),
-        "posts": {k: requests[k] for k in ("http_posts", "imageUpload", "mediaStorage", "videoInference", "getResponse")},
+        "posts": {
+            k: requests[k]
+            for k in ("http_posts", "imageUpload", "mediaStorage", "videoInference", "getResponse")
+        },
         "peak_in_flight": stats["peak_in_flight"],
         "rerun_s": round(rerun_wall, 2),
         "rerun_exit": rerun.returncode,
