@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -77,10 +78,12 @@ def test_status_without_a_state_file_is_a_usage_error(demo_copy: Path) -> None:
     assert result.exit_code == 2 and "nothing has run yet" in result.output
 
 
-def test_sigint_stops_with_130_and_the_next_run_finishes(demo_copy: Path, tmp_path: Path) -> None:
-    """A real process, a real signal: the graceful stop, then a resume that completes."""
+def interrupted_then_resumed(
+    demo_copy: Path, tmp_path: Path, interrupt: Callable[[subprocess.Popen[str]], None]
+) -> None:
+    """Start a real `run`, interrupt it once a job is at the provider, then run it again."""
     out = tmp_path / "o"
-    slow = SandboxConfig(latency=0, fixed_latency=1.5, render="stub", workers=2)
+    slow = SandboxConfig(latency=0, fixed_latency=1.0, render="stub", workers=2)
     with running_sandbox(slow) as sandbox:
         env = {**os.environ, "RUNWARE_API_KEY": "k", "RUNWARE_API_URL": sandbox.api_url}
         command = [
@@ -98,42 +101,31 @@ def test_sigint_stops_with_130_and_the_next_run_finishes(demo_copy: Path, tmp_pa
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         wait_for_processing(out / "state.sqlite", timeout=60)
+        interrupt(process)
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        ledger = sandbox.ledger()
+    assert ledger["submissions"] == 7 and all(t["results"] == 1 for t in ledger["tasks"])
+
+
+def test_sigint_stops_with_130_and_the_next_run_finishes(demo_copy: Path, tmp_path: Path) -> None:
+    """A real process, a real signal: the graceful stop, then a resume that pays once per job."""
+
+    def sigint(process: subprocess.Popen[str]) -> None:
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
         assert process.returncode == 130, stderr
         assert "interrupted" in stdout and "Traceback" not in stderr
-        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-        assert again.returncode == 0, again.stderr
-        ledger = sandbox.ledger()
-    assert ledger["submissions"] == 7 and all(t["results"] == 1 for t in ledger["tasks"])
+
+    interrupted_then_resumed(demo_copy, tmp_path, sigint)
 
 
 def test_sigkill_mid_run_loses_nothing(demo_copy: Path, tmp_path: Path) -> None:
-    out = tmp_path / "o"
-    slow = SandboxConfig(latency=0, fixed_latency=1.0, render="stub", workers=2)
-    with running_sandbox(slow) as sandbox:
-        env = {**os.environ, "RUNWARE_API_KEY": "k", "RUNWARE_API_URL": sandbox.api_url}
-        command = [
-            sys.executable,
-            "-m",
-            "avatarbatch",
-            "run",
-            str(demo_copy / "demo.yaml"),
-            "--out",
-            str(out),
-            "--concurrency",
-            "2",
-        ]
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for_processing(out / "state.sqlite", timeout=60)
+    def sigkill(process: subprocess.Popen[str]) -> None:
         process.kill()
-        process.wait(timeout=30)
-        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-        assert again.returncode == 0, again.stderr
-        ledger = sandbox.ledger()
-    assert ledger["submissions"] == 7 and all(t["results"] == 1 for t in ledger["tasks"])
+        process.communicate(timeout=30)
+
+    interrupted_then_resumed(demo_copy, tmp_path, sigkill)
 
 
 def wait_for_processing(state: Path, timeout: float) -> None:
