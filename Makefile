@@ -22,6 +22,7 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
+	-@bash scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -q
 
 demo: install

@@ -28,6 +28,7 @@ from avatarbatch.manifest import Manifest
 from avatarbatch.plan import Plan, build_plan
 from avatarbatch.poller import PollTiming
 from avatarbatch.preflight import Preflight, preflight
+from avatarbatch.report import summary_markdown, write_reports
 from avatarbatch.runner import Hooks, Outcome, Runner, RunOptions
 from avatarbatch.runware import DEFAULT_API_URL, ClientSettings, RunwareClient, make_http_client
 from avatarbatch.sandbox.config import SandboxConfig
@@ -82,9 +83,12 @@ class RunSummary:
     message: str
     output_dir: str
     state_file: str
+    report: str = ""  #: the Markdown summary also written to report.md
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        values.pop("report")
+        return values
 
 
 def output_dir(manifest: Manifest, out: Path | None) -> Path:
@@ -148,6 +152,7 @@ async def run_batch(
                     exit_code=summary.exit_code,
                     summary=summary.as_dict(),
                 )
+                summary.report = _reports(manifest, store, out)
         finally:
             store.close()
     return summary
@@ -205,6 +210,15 @@ async def _execute(
             except asyncio.CancelledError:
                 runner.outcome.interrupted = True
                 return runner.outcome
+
+
+def _reports(manifest: Manifest, store: StateStore, out: Path) -> str:
+    """Write the report files; a failure to write them must not hide the run's outcome."""
+    try:
+        return summary_markdown(write_reports(manifest, store, out))
+    except OSError as exc:
+        log.error("could not write the reports into %s: %s", out, exc)
+        return ""
 
 
 def _has_work(store: StateStore, plan: Plan, retry_failed: bool) -> bool:

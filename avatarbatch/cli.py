@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from avatarbatch import __version__, batch, run_command, status_view, views
+from avatarbatch import __version__, batch, run_command, starter, status_view, views
 from avatarbatch.diagnostics import display_path
 from avatarbatch.errors import AvatarBatchError, ManifestError
 from avatarbatch.plan import build_plan
@@ -226,6 +226,38 @@ def sandbox(
             markup=False,
         )
         serve(config, host, port)
+
+
+@app.command()
+def report(
+    manifest: Annotated[
+        Path | None, typer.Argument(help="Manifest whose reports to write.")
+    ] = None,
+    state: StateOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """Rewrite cost_report.csv, report.json, report.md, index.html and failures.yaml from state."""
+    with user_errors():
+        summary, folder = status_view.rewrite_reports(manifest, state=state, out=out)
+    stdout().print(summary.rstrip(), markup=False)
+    stdout().print(f"gallery: {folder / 'index.html'}", markup=False)
+
+
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where to write the starter files.")] = Path(),
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+) -> None:
+    """Write a commented starter manifest (YAML, and the same rows as CSV) to fill in."""
+    with user_errors():
+        written = starter.write(folder, force=force)
+    for path in written:
+        stdout().print(f"wrote {display_path(path.absolute())}", markup=False)
+    stdout().print(
+        "put your portrait and voices in media/, then: avatarbatch validate "
+        f"{display_path(written[0].absolute())}",
+        markup=False,
+    )
 
 
 def main() -> Any:

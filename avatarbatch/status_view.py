@@ -9,6 +9,7 @@ from avatarbatch import batch
 from avatarbatch.errors import UsageError
 from avatarbatch.manifest import load_manifest
 from avatarbatch.plan import StoredJob
+from avatarbatch.report import summary_markdown, write_reports
 from avatarbatch.state import JobStatus, StateStore
 
 
@@ -47,3 +48,37 @@ def load(manifest: Path | None, *, state: Path | None, out: Path | None) -> dict
         }
     finally:
         store.close()
+
+
+def rewrite_reports(
+    manifest: Path | None, *, state: Path | None, out: Path | None
+) -> tuple[str, Path]:
+    """Rewrite the report files from the state file; returns the summary and the folder."""
+    if manifest is None:
+        if state is None:
+            raise UsageError("give a MANIFEST or --state FILE")
+        manifest = _last_manifest(state)
+    loaded = load_manifest(manifest)
+    folder = out or (state.parent if state is not None else batch.output_dir(loaded, None))
+    state = state or batch.state_path(loaded, out, None)
+    if not state.exists():
+        raise UsageError(f"no state file at {state}: nothing has run yet")
+    store = StateStore.open(state)
+    try:
+        data = write_reports(loaded, store, folder)
+    finally:
+        store.close()
+    return summary_markdown(data), folder
+
+
+def _last_manifest(state: Path) -> Path:
+    if not state.exists():
+        raise UsageError(f"no state file at {state}: nothing has run yet")
+    store = StateStore.open(state)
+    try:
+        runs = store.runs()
+    finally:
+        store.close()
+    if not runs:
+        raise UsageError(f"{state} records no run; give the MANIFEST")
+    return Path(runs[-1]["manifest"])

@@ -115,14 +115,16 @@ def _summary_line(plan: Plan, source: str) -> str:
 
 
 def run_summary(summary: RunSummary) -> str:
-    """The closing lines of `run`."""
+    """The closing lines of `run`: the report's summary, the outcome, where everything is."""
     return (
+        f"{summary.report.rstrip()}\n\n"
         f"{summary.jobs} jobs: {summary.done} done, {summary.failed} failed, "
         f"{summary.pending} unfinished ({summary.submitted} submitted now, {summary.skipped} "
         f"already done); cost ${summary.cost_actual:,.4f} "
         f"(estimate ${summary.cost_estimated:,.4f})\n"
-        f"{summary.message}\nvideos: {summary.output_dir}/videos  state: {summary.state_file}"
-    )
+        f"{summary.message}\n"
+        f"gallery: {summary.output_dir}/index.html  state: {summary.state_file}"
+    ).lstrip()
 
 
 def print_status(console: Console, report: dict[str, Any]) -> None:

@@ -1,0 +1,243 @@
+"""All outputs derived from the state file: cost CSV, JSON, Markdown, gallery, failures manifest.
+
+Written at the end of every `run` (also an interrupted or budget-stopped one) and by
+`avatarbatch report`. Each file is written to a temporary name and renamed, so a reader never
+sees half a report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from avatarbatch.gallery import render_gallery
+from avatarbatch.manifest import Job, Manifest
+from avatarbatch.media import MediaRef
+from avatarbatch.reportdata import JobReport, ReportData, Totals, build_report
+from avatarbatch.state import StateStore
+
+log = logging.getLogger("avatarbatch.report")
+
+REPORT_FILES = ("cost_report.csv", "report.json", "report.md", "index.html", "failures.yaml")
+# A cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def write_reports(manifest: Manifest, store: StateStore, output_dir: Path) -> ReportData:
+    """Write every report file into `output_dir`; returns the data they were made from."""
+    data = build_report(
+        manifest.jobs,
+        store,
+        manifest=str(manifest.path),
+        manifest_sha256=manifest.sha256,
+        output_dir=output_dir,
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write(output_dir / "cost_report.csv", cost_csv(data))
+    _write(output_dir / "report.json", json.dumps(data.as_dict(), indent=2) + "\n")
+    _write(output_dir / "report.md", summary_markdown(data))
+    _write(output_dir / "index.html", render_gallery(data))
+    failed = [
+        job for job, row in zip(manifest.jobs, data.jobs, strict=True) if row.status == "failed"
+    ]
+    failures = output_dir / "failures.yaml"
+    if failed:
+        _write(failures, failures_manifest(failed, manifest, output_dir))
+    else:
+        failures.unlink(missing_ok=True)
+    return data
+
+
+def _write(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.part")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+# --- cost_report.csv ----------------------------------------------------------------------------
+
+
+def safe_cell(value: Any) -> Any:
+    """Neutralise text a spreadsheet would run as a formula; numbers pass unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def cost_csv(data: ReportData) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = [
+        "id",
+        *data.var_names,
+        "model",
+        "status",
+        "audio_seconds",
+        "results",
+        "estimated_cost",
+        "actual_cost",
+        "attempts",
+        "task_uuid",
+        "outputs",
+        "sha256",
+        "error",
+    ]
+    writer.writerow(header)
+    for job in data.jobs:
+        writer.writerow([safe_cell(cell) for cell in _job_cells(job, data.var_names)])
+    blanks = [""] * len(data.var_names)
+    for alias, totals in data.by_model.items():
+        writer.writerow([f"TOTAL {alias}", *blanks, alias, *_total_cells(totals)])
+    writer.writerow(["TOTAL", *blanks, "", *_total_cells(data.totals)])
+    return buffer.getvalue()
+
+
+def _job_cells(job: JobReport, var_names: list[str]) -> list[Any]:
+    return [
+        job.id,
+        *(job.vars.get(name, "") for name in var_names),
+        job.model,
+        job.status,
+        _number(job.audio_seconds, 3),
+        job.results,
+        _number(job.estimated_cost, 5),
+        _number(job.actual_cost, 5),
+        job.attempts,
+        job.task_uuid or "",
+        ";".join(job.outputs),
+        ";".join(job.sha256),
+        job.error or "",
+    ]
+
+
+def _total_cells(totals: Totals) -> list[Any]:
+    rounded = totals.rounded()
+    return [
+        f"{totals.jobs} jobs",
+        rounded["audio_seconds"],
+        "",
+        rounded["estimated_cost"],
+        rounded["actual_cost"],
+        "",
+        "",
+        "",
+        "",
+        "",
+    ]
+
+
+def _number(value: float | None, places: int) -> Any:
+    return "" if value is None else round(value, places)
+
+
+# --- report.md ----------------------------------------------------------------------------------
+
+
+def summary_markdown(data: ReportData) -> str:
+    """The human summary: counts, totals by model and var, failures, where the files are."""
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(data.counts.items()))
+    total = data.totals
+    lines = [
+        f"# avatarbatch report: {Path(data.manifest).name}",
+        "",
+        f"{total.jobs} jobs: {counts}. Actual cost ${total.actual_cost:,.5f} "
+        f"(estimate ${total.estimated_cost:,.5f}), {total.audio_seconds:,.1f} s of audio.",
+        "",
+        "| model | jobs | audio s | estimate | actual |",
+        "|---|---:|---:|---:|---:|",
+        *(_totals_row(name, t) for name, t in data.by_model.items()),
+    ]
+    for var in data.var_names:
+        lines += [
+            "",
+            f"| {var} | jobs | audio s | estimate | actual |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [_totals_row(value, t) for value, t in data.by_var.get(var, {}).items()]
+    mismatches = [j for j in data.jobs if j.cost_mismatch]
+    if mismatches:
+        lines += ["", "Actual cost differs from the estimate by more than 10%:"]
+        lines += [
+            f"- {j.id}: estimate ${j.estimated_cost or 0:.5f}, actual ${j.actual_cost or 0:.5f}"
+            for j in mismatches
+        ]
+    failed = [j for j in data.jobs if j.status == "failed"]
+    if failed:
+        lines += ["", f"Failed ({len(failed)}); `failures.yaml` reruns just these:"]
+        lines += [f"- {j.id}: {j.error or 'no reason recorded'}" for j in failed]
+    lines += ["", f"Files: {data.output_dir}/videos, cost_report.csv, report.json, index.html", ""]
+    return "\n".join(lines)
+
+
+def _totals_row(name: str, totals: Totals) -> str:
+    return (
+        f"| {name} | {totals.jobs} | {totals.audio_seconds:,.1f} | "
+        f"${totals.estimated_cost:,.5f} | ${totals.actual_cost:,.5f} |"
+    )
+
+
+# --- failures.yaml --------------------------------------------------------------------------------
+
+
+def failures_manifest(jobs: Iterable[Job], manifest: Manifest, output_dir: Path) -> str:
+    """A manifest of just these jobs, runnable where it is written.
+
+    Paths are made relative to the output folder so the file still resolves from its new
+    place; it writes into `retry/` beside it, with a state of its own, so running it as it is
+    runs exactly these rows (rerunning the original with --retry-failed is the alternative).
+    """
+    rows = [_row(job, output_dir) for job in jobs]
+    document = {
+        "version": 1,
+        "output": {"dir": "retry", "filename": manifest.filename},
+        "jobs": rows,
+    }
+    header = (
+        f"# The failed rows of {manifest.path.name}, written by avatarbatch.\n"
+        "# Run it as it is: avatarbatch run failures.yaml\n"
+    )
+    return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+
+
+def _row(job: Job, output_dir: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": job.id,
+        "portrait": _ref(job.portrait, output_dir),
+        "audio": _ref(job.audio, output_dir),
+        "model": job.model,
+        "prompt": job.prompt,
+        "output_format": job.output_format,
+        "output_quality": job.output_quality,
+        "number_results": job.number_results,
+        "ttl": job.ttl,
+        "webhook_url": job.webhook_url,
+        "upload_endpoint": job.upload_endpoint,
+        "include_cost": job.include_cost,
+    }
+    for key in ("id", "prompt", "webhook_url", "upload_endpoint", "portrait", "audio"):
+        if isinstance(row.get(key), str):
+            row[key] = _literal(row[key])
+    if job.safety is not None:
+        row["safety"] = job.safety.model_dump(exclude_none=True)
+    if job.vars:
+        row["vars"] = dict(job.vars)
+    return {key: value for key, value in row.items() if value is not None}
+
+
+def _ref(ref: MediaRef, output_dir: Path) -> str:
+    if not ref.is_local:
+        return ref.value
+    return os.path.relpath(ref.value, os.path.abspath(output_dir))  # noqa: PTH100
+
+
+def _literal(text: str) -> str:
+    """Values are already filled in: keep any brace from being read as a placeholder again."""
+    return text.replace("{", "{{").replace("}", "}}")
