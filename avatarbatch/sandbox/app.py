@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -71,6 +71,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
         Route("/sandbox/ledger", lambda _: JSONResponse(engine.ledger())),
         Route("/sandbox/stats", lambda _: JSONResponse(engine.stats())),
         Route("/sandbox/requests", lambda _: JSONResponse({"post_times": engine.post_times})),
+        Route("/sandbox/videos", lambda _: JSONResponse(engine.videos())),
         Route(MEDIA_ROUTE + "{name}", api.media),
         Route(VIDEO_ROUTE + "{name}", api.video),
     ]
@@ -95,7 +96,10 @@ class _Api:
         engine.ensure_started()
         engine.requests["http_posts"] += 1
         engine.post_times.append(time.time())
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the client went away (killed) mid-request: nothing to answer
+            return Response(status_code=499)
         if len(body) > self.config.max_body_bytes:
             return _errors(
                 [_error_item(TaskError("payloadTooLarge", "The request is too large."), {})], 413

@@ -320,6 +320,20 @@ class Engine:
             "conflicts": self.conflicts,
         }
 
+    def videos(self) -> dict[str, dict[str, Any]]:
+        """Every rendered video by videoUUID, with the sha256 of the bytes served for it."""
+        served: dict[str, dict[str, Any]] = {}
+        for task in self.tasks.values():
+            for result in task.results:
+                if result.status == "success" and result.path is not None:
+                    data = result.path.read_bytes()
+                    served[result.video_uuid] = {
+                        "taskUUID": task.uuid,
+                        "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                    }
+        return served
+
     def stats(self) -> dict[str, Any]:
         keys = (
             "http_posts",

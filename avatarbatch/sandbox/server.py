@@ -64,6 +64,9 @@ class RunningSandbox:
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"{self.base_url}/sandbox/stats", timeout=10).json()  # type: ignore[no-any-return]
 
+    def videos(self) -> dict[str, dict[str, Any]]:
+        return httpx.get(f"{self.base_url}/sandbox/videos", timeout=60).json()  # type: ignore[no-any-return]
+
     def post_times(self) -> list[float]:
         return httpx.get(f"{self.base_url}/sandbox/requests", timeout=10).json()["post_times"]  # type: ignore[no-any-return]
 

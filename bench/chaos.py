@@ -1,0 +1,219 @@
+"""Chaos run: faults on every layer, SIGKILLs at random moments, one SIGINT, then an audit.
+
+    .venv/bin/python bench/chaos.py --jobs 200 --kills 5 --seed 7
+
+A sandbox on loopback injects every fault kind (5xx, 429, dropped connections, slow answers,
+failed generations, truncated downloads). `avatarbatch run` runs as a real subprocess and is
+killed with SIGKILL at K moments chosen from the seed (each once a few more jobs have
+progressed, so the kills land in every stage), interrupted once with SIGINT, then rerun until
+it exits 0 or 1, and with --retry-failed while jobs failed. The audit then checks the promises:
+every job done (or failed only after its retries, with a reason), exactly one billed success
+per done job, every file present with the sha256 the sandbox served, and the cost report's
+total equal to the ledger's. One line sums it up; the exit status is 1 on any violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_manifest import write_manifest
+
+from avatarbatch.sandbox.config import SandboxConfig
+from avatarbatch.sandbox.faults import FaultSpec
+from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
+from avatarbatch.state import JobStatus, StateStore
+
+DEFAULT_FAULTS = "http500=0.05,http429=0.05,reset=0.02,slow=0.05,task_error=0.02,truncate=0.01"
+KEY = "chaos-key"
+PROGRESSED = ("processing", "downloading", "done", "failed")
+
+
+@dataclass
+class ChaosResult:
+    jobs: int
+    interruptions: int
+    faults: int
+    lost: list[str] = field(default_factory=list)
+    double_billed: list[str] = field(default_factory=list)
+    bad_files: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    report_total: float = 0.0
+    ledger_total: float = 0.0
+    runs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        totals_match = abs(self.report_total - self.ledger_total) < 1e-6
+        return not (self.lost or self.double_billed or self.bad_files) and totals_match
+
+    def line(self) -> str:
+        match = "=" if abs(self.report_total - self.ledger_total) < 1e-6 else "!="
+        return (
+            f"chaos: {self.jobs} jobs, {self.interruptions} interruptions, {self.faults} faults "
+            f"injected, {len(self.lost)} lost, {len(self.double_billed)} double-billed, "
+            f"{len(self.bad_files)} bad files, {len(self.failed)} failed after retries, "
+            f"report {match} ledger (${self.ledger_total:,.2f}), {self.runs} runs"
+        )
+
+
+def chaos(
+    jobs: int = 200,
+    kills: int = 5,
+    seed: int = 7,
+    faults: str = DEFAULT_FAULTS,
+    concurrency: int = 16,
+    workdir: Path | None = None,
+) -> ChaosResult:
+    rng = random.Random(seed)
+    folder = workdir or Path(tempfile.mkdtemp(prefix="avatarbatch-chaos-"))
+    manifest = write_manifest(jobs, folder)
+    out = folder / "out"
+    config = SandboxConfig(
+        latency=0.05,
+        fixed_latency=0.4,
+        render="stub",
+        workers=concurrency,
+        faults=FaultSpec.parse(faults),
+        seed=seed,
+        slow_seconds=0.5,
+        retry_after=1,
+    )
+    with running_sandbox(config) as sandbox:
+        env = {**os.environ, "RUNWARE_API_KEY": KEY, "RUNWARE_API_URL": sandbox.api_url}
+        command = [
+            sys.executable,
+            "-m",
+            "avatarbatch",
+            "run",
+            str(manifest),
+            "--out",
+            str(out),
+            "--concurrency",
+            str(concurrency),
+            "--rps",
+            "50",
+            "--json",
+        ]
+        interruptions = 0
+        for number in range(kills + 1):
+            final_signal = signal.SIGINT if number == kills else signal.SIGKILL
+            if _interrupt(command, env, out / "state.sqlite", rng, jobs, final_signal):
+                interruptions += 1
+        runs = interruptions
+        code, retried = None, 0
+        while code not in (0,) and runs < interruptions + 10:
+            extra = ["--retry-failed"] if code == 1 and retried < 3 else []
+            retried += bool(extra)
+            code = subprocess.run(
+                command + extra, env=env, capture_output=True, check=False
+            ).returncode
+            runs += 1
+            if code == 1 and retried >= 3:
+                break
+        return _audit(sandbox, out, jobs, interruptions, runs)
+
+
+def _interrupt(
+    command: list[str],
+    env: dict[str, str],
+    state: Path,
+    rng: random.Random,
+    jobs: int,
+    how: signal.Signals,
+) -> bool:
+    """Start a run and stop it once a few more jobs progressed; False if it finished first."""
+    before = _progressed(state)
+    target = before + rng.randint(1, max(1, jobs // 8))
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if _progressed(state) >= target:
+            process.send_signal(how)
+            process.wait(timeout=60)
+            return True
+        time.sleep(0.02)  # polling the state file for progress
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+        return True
+    return False
+
+
+def _progressed(state: Path) -> int:
+    if not state.exists():
+        return 0
+    try:
+        with StateStore.open(state) as store:
+            counts = store.counts()
+    except Exception:  # the file may be mid-creation by the run
+        return 0
+    return sum(counts.get(status, 0) for status in PROGRESSED)
+
+
+def _audit(
+    sandbox: RunningSandbox, out: Path, jobs: int, interruptions: int, runs: int
+) -> ChaosResult:
+    ledger = sandbox.ledger()
+    served = sandbox.videos()
+    faults = sum(sandbox.stats()["faults"].values())
+    result = ChaosResult(jobs, interruptions, faults, runs=runs, ledger_total=ledger["total_cost"])
+    with StateStore.open(out / "state.sqlite") as store:
+        records = store.jobs()
+    billed = {t["taskUUID"]: t for t in ledger["tasks"] if t["results"] > 0}
+    accounted: set[str] = set()
+    for job in records.values():
+        if job.status is JobStatus.FAILED:
+            result.failed[job.id] = job.error_message or ""
+            if not job.error_message:
+                result.lost.append(job.id)
+            continue
+        if job.status is not JobStatus.DONE:
+            result.lost.append(job.id)
+            continue
+        if job.task_uuid not in billed:
+            result.lost.append(job.id)
+        accounted.add(str(job.task_uuid))
+        for output, item in zip(job.outputs, job.results, strict=False):
+            path = Path(output["path"])
+            expected = served.get(item["video_uuid"], {}).get("sha256")
+            if not path.exists() or expected is None or output["sha256"] != expected:
+                result.bad_files.append(job.id)
+    # A billed task that is not the final task of a done job was paid for and thrown away.
+    result.double_billed = sorted(set(billed) - accounted)
+    with (out / "cost_report.csv").open(newline="") as handle:
+        total = next(row for row in csv.DictReader(handle) if row["id"] == "TOTAL")
+    result.report_total = float(total["actual_cost"] or 0)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--faults", default=DEFAULT_FAULTS)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    started = time.monotonic()
+    result = chaos(args.jobs, args.kills, args.seed, args.faults, args.concurrency)
+    print(f"{result.line()} in {time.monotonic() - started:.0f} s (seed {args.seed})")
+    for job_id, reason in result.failed.items():
+        print(f"  failed {job_id}: {reason}")
+    sys.exit(0 if result.ok else 1)
+
+
+if __name__ == "__main__":
+    main()
