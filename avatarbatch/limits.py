@@ -21,6 +21,8 @@ log = logging.getLogger("avatarbatch.limits")
 
 RECOVER_AFTER = 5.0  #: quiet seconds before the rate is raised again
 RECOVER_FACTOR = 1.25
+RECENT = 2.0  #: seconds of history that decide whether 429s are common
+OVERLOAD_SHARE = 0.2  #: this share of recent requests refused means the API is overloaded
 
 
 class SlidingWindow:
@@ -63,6 +65,8 @@ class RateLimiter:
         self._last_throttle = float("-inf")
         self._last_halving = float("-inf")
         self.throttles = 0
+        self._requests: deque[float] = deque()  #: recent request times
+        self._refusals: deque[float] = deque()  #: recent 429 times
 
     async def acquire(self) -> None:
         """Wait for a request slot: after any Retry-After pause, then within the rate."""
@@ -70,22 +74,37 @@ class RateLimiter:
         while (wait := self._paused_until - self._clock()) > 0:
             await asyncio.sleep(wait)
         await self._bucket.acquire()
+        self._requests.append(self._clock())
 
     def throttled(self, retry_after: float | None) -> None:
-        """The API answered 429: slow down, and pause for Retry-After if it gave one."""
+        """The API answered 429. If 429s have become common, pause and slow everyone down.
+
+        A stray 429 only delays its own request (the client's retry waits its Retry-After);
+        reacting to every one would let a few random refusals starve a healthy batch. Once at
+        least OVERLOAD_SHARE of recent requests were refused, the API is overloaded: all
+        requests pause for Retry-After and the rate halves (at most once per second, since
+        requests sent together come back 429 together).
+        """
         now = self._clock()
         self.throttles += 1
         self._last_throttle = now
+        self._refusals.append(now)
+        while self._refusals and self._refusals[0] < now - RECENT:
+            self._refusals.popleft()
+        while self._requests and self._requests[0] < now - RECENT:
+            self._requests.popleft()
+        refused = len(self._refusals)
+        if refused < 2 or refused < OVERLOAD_SHARE * len(self._requests):
+            return
         if retry_after:
             self._paused_until = max(self._paused_until, now + retry_after)
-        # Requests sent together come back 429 together: halve once per second, not per answer.
         if now - self._last_halving < 1.0:
             return
         self._last_halving = now
         slower = max(self.min_rps, self.current_rps / 2)
         if slower < self.current_rps:
             self._set_rate(slower)
-            log.info("API asked to slow down: now %.2f requests/s", slower)
+            log.info("API overloaded (429s): now %.2f requests/s", slower)
 
     def _maybe_recover(self) -> None:
         if self.current_rps >= self.target_rps:

@@ -39,23 +39,39 @@ async def test_fractional_rates_work() -> None:
     assert stamps[1] - stamps[0] == pytest.approx(2.0, abs=0.1)
 
 
-async def test_throttle_halves_the_rate_and_honours_retry_after() -> None:
+async def test_common_429s_halve_the_rate_and_pause_for_retry_after() -> None:
     limiter = RateLimiter(8)
     limiter.throttled(0.3)
-    assert limiter.current_rps == 4
+    assert limiter.current_rps == 8  # one refusal with nothing else sent: not yet overload
+    limiter.throttled(0.3)
+    limiter.throttled(0.3)
+    limiter.throttled(0.3)
+    limiter.throttled(0.3)
+    assert limiter.current_rps == 4  # one burst of refusals halves the rate once
     started = time.monotonic()
     await limiter.acquire()
     assert time.monotonic() - started >= 0.29
-    limiter.throttled(None)
-    assert limiter.current_rps == 4  # answers of one burst halve the rate once
-    assert limiter.throttles == 2
+    assert limiter.throttles == 5
+
+
+async def test_a_stray_429_among_many_requests_does_not_slow_everyone() -> None:
+    limiter = RateLimiter(100)
+    for _ in range(40):
+        await limiter.acquire()
+    limiter.throttled(1.0)
+    limiter.throttled(1.0)
+    assert limiter.current_rps == 100
+    started = time.monotonic()
+    await limiter.acquire()
+    assert time.monotonic() - started < 0.5  # no global pause
 
 
 async def test_rate_never_drops_below_the_floor() -> None:
     now = [0.0]
     limiter = RateLimiter(1, min_rps=0.25, clock=lambda: now[0])
     for _ in range(10):
-        limiter.throttled(None)
+        for _ in range(5):
+            limiter.throttled(None)
         now[0] += 1.0
     assert limiter.current_rps == 0.25
 
@@ -63,7 +79,8 @@ async def test_rate_never_drops_below_the_floor() -> None:
 async def test_rate_recovers_after_a_quiet_period() -> None:
     now = [100.0]
     limiter = RateLimiter(10, clock=lambda: now[0])
-    limiter.throttled(None)
+    for _ in range(5):
+        limiter.throttled(None)
     assert limiter.current_rps == 5
     now[0] += RECOVER_AFTER
     await limiter.acquire()
