@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo chaos bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: lint
 demo: install
 	$(BIN)/avatarbatch validate manifests/demo.yaml
 	$(BIN)/avatarbatch run manifests/demo.yaml --sandbox
+
+# SEED=7 by default; any other seed reproduces its own run.
+chaos: install
+	$(BIN)/python bench/chaos.py --jobs 200 --kills 5 --seed $(or $(SEED),7)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis
