@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from chaos import chaos  # noqa: E402
+from chaos import chaos
 
 
 def test_small_chaos_run_loses_nothing_and_pays_once(tmp_path: Path) -> None:
