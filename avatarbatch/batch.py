@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import signal
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
@@ -121,6 +122,7 @@ async def run_batch(
     assert manifest is not None
     out = output_dir(manifest, options.out)
     path = state_path(manifest, options.out, options.state)
+    _check_writable(out / "videos")
     with state_lock(path):
         store = StateStore.open(path)
         try:
@@ -156,6 +158,23 @@ async def run_batch(
         finally:
             store.close()
     return summary
+
+
+def _check_writable(folder: Path) -> None:
+    """Create the videos folder and prove it writable before anything is paid for.
+
+    Otherwise an unusable output folder (read-only, or a file where a folder should be)
+    only showed once the first paid video arrived, as a traceback.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write into the output folder {folder}: {exc.strerror or exc}; "
+            "choose another one with --out"
+        ) from exc
 
 
 def _register(store: StateStore, plan: Plan) -> None:
@@ -327,6 +346,9 @@ def summarize(store: StateStore, plan: Plan, outcome: Outcome, out: Path, path: 
     del counts
     if outcome.fatal is not None:
         code, message = EXIT_AUTH, f"stopped: {outcome.fatal}"
+    elif outcome.local_error is not None:  # before `interrupted`: stopping cancels the drivers
+        code = EXIT_FAILED
+        message = f"stopped: {outcome.local_error}; fix it and run again to resume"
     elif outcome.interrupted:
         code, message = EXIT_INTERRUPTED, "interrupted: run the same command again to resume"
     elif outcome.budget_stopped:

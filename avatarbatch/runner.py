@@ -79,6 +79,7 @@ class Outcome:
     budget_stopped: bool = False
     interrupted: bool = False
     timed_out: list[str] = field(default_factory=list)
+    local_error: str | None = None  #: a local failure (disk full...) that stopped the run
 
 
 class Runner:
@@ -167,6 +168,12 @@ class Runner:
                 self.outcome.fatal = exc
                 self.stop(f"{exc} (no further jobs are started; rerun when it is fixed)")
                 return
+            except ApiError as exc:
+                # Retries ran out where no stage decides (an upload, a poll the API refused, the
+                # check of an earlier submission): the job stays where the state file says and
+                # the next run carries on from there. Escaping, it ended every job's driver.
+                status = self._record(job.id).status
+                log.warning("job %s: %s; left %s for the next run", job.id, exc, status)
 
     # --- one job ------------------------------------------------------------------------------
 
@@ -188,8 +195,14 @@ class Runner:
         self._check_running()
         self._transition(job, JobStatus.UPLOADING)
         await self.hooks.checkpoint("upload:before", job.id)
-        image = await self._input(job.portrait, "image", refresh=refresh)
-        audio = await self._input(job.audio, "media", refresh=refresh)
+        try:
+            image = await self._input(job.portrait, "image", refresh=refresh)
+            audio = await self._input(job.audio, "media", refresh=refresh)
+        except ApiError as exc:
+            if isinstance(exc, TransientError | AuthError | CreditError):
+                raise  # the worker stops the run, or leaves the job for the next run
+            self._fail(job, exc)  # the API refused the input itself: this job cannot succeed
+            raise Stopped("upload rejected") from exc
         await self.hooks.checkpoint("upload:after", job.id)
         return self._transition(
             job,
@@ -348,17 +361,32 @@ class Runner:
         outputs = []
         for name, result in zip(job.outputs, record.results, strict=False):
             final = self.videos_dir / name
-            final.parent.mkdir(parents=True, exist_ok=True)
             partial = final.parent / f".{final.name}.{uuidlib.uuid4().hex[:8]}.part"
             await self.hooks.checkpoint("download:before", job.id)
             try:
+                final.parent.mkdir(parents=True, exist_ok=True)
                 download = await self.client.download(result["video_url"], partial)
+                download.path.replace(final)  # atomic: the old video stays until this moment
             except ApiError as exc:
                 if isinstance(exc, AuthError | CreditError):
                     raise
+                if isinstance(exc, TransientError):
+                    # The result is paid for: failing the job would make --retry-failed pay
+                    # again. It stays `downloading`; the next run fetches the same URL again.
+                    log.warning("job %s: %s; the next run downloads it again", job.id, exc)
+                    raise Stopped("download interrupted") from exc
                 self._fail(job, exc)
                 raise Stopped("download failed") from exc
-            download.path.replace(final)  # atomic: the old video stays until this moment
+            except OSError as exc:
+                # Our side failed (a full disk, a quota, a file-size limit, a read-only folder):
+                # not the job's fault, and every other download would hit it too. Stop the run
+                # and keep the job `downloading`, so the next run fetches the paid result again
+                # instead of the error escaping as a traceback and aborting the run.
+                partial.unlink(missing_ok=True)
+                reason = f"cannot write {final}: {exc.strerror or exc}"
+                self.outcome.local_error = reason
+                self.stop(f"{reason} (the next run downloads it again)")
+                raise Stopped("local write failed") from exc
             outputs.append({"path": str(final), "bytes": download.size, "sha256": download.sha256})
             await self.hooks.checkpoint("download:renamed", job.id)
         if record.error_message:  # some results failed: keep what was paid for, report the rest

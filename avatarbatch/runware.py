@@ -52,6 +52,9 @@ class ClientSettings(BaseModel):
     backoff_max: float = 30.0
     max_download_bytes: int = 4 * 1024**3
     download_timeout: float = 600.0  #: whole-download deadline: a trickling server cannot hang us
+    #: whole-exchange deadline of one API request (httpx's timeouts are per read, so a server
+    #: sending a byte a minute would otherwise hold a submit or an upload for ever)
+    request_timeout: float = 300.0
 
 
 class RequestGate(Protocol):
@@ -243,8 +246,14 @@ class RunwareClient:
         }
         kinds = ",".join(sorted({t["taskType"] for t in tasks}))
         try:
-            response = await self._http.post(self._settings.api_url, json=tasks, headers=headers)
-        except httpx.TimeoutException as exc:
+            # Streamed, capped and under one deadline: a hostile or broken server answering
+            # with 10 GB, or a byte a minute, must cost neither memory nor an endless wait.
+            async with asyncio.timeout(self._settings.request_timeout):
+                async with self._http.stream(
+                    "POST", self._settings.api_url, json=tasks, headers=headers
+                ) as response:
+                    content = await _read_capped(response, MAX_RESPONSE_BYTES)
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise TransientError(
                 f"Runware did not answer in time ({kinds})", code="timeout"
             ) from exc
@@ -255,7 +264,13 @@ class RunwareClient:
         retry_after = apierrors.parse_retry_after(response.headers.get("retry-after"))
         if response.status_code == 429 and self._gate is not None:
             self._gate.throttled(retry_after)
-        body = _json_body(response)
+        if content is None and response.status_code == 200:
+            raise TransientError(
+                f"Runware's answer ({kinds}) is larger than {MAX_RESPONSE_BYTES:,} bytes; "
+                "it was not read",
+                code="unrecognizedResponse",
+            )
+        body = None if content is None else _json_body(content)
         data, errors = _envelope(body, response.status_code, retry_after)
         log.debug("POST %s -> %s (%d tasks)", kinds, response.status_code, len(tasks))
         status = response.status_code
@@ -366,11 +381,24 @@ def _check_download_status(response: httpx.Response) -> None:
     raise RejectedError(f"download failed: HTTP {status}", status=status)
 
 
-def _json_body(response: httpx.Response) -> Any:
-    if len(response.content) > MAX_RESPONSE_BYTES:
+async def _read_capped(response: httpx.Response, limit: int) -> bytes | None:
+    """The body, or None (unread past the limit) when it is, or claims to be, over `limit`."""
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
         return None
+    chunks = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_body(content: bytes) -> Any:
     try:
-        return json.loads(response.content)
+        return json.loads(content)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 

@@ -251,3 +251,21 @@ def test_costs_in_the_state_match_the_ledger(
         float(catalog.STANDARD.cost(s)) for s in (5.486, 6.008, 5.904, 5.251, 6.243, 6.374)
     )
     assert summary.cost_actual == pytest.approx(expected + float(catalog.PRO.cost(5.486)))
+
+
+def test_a_download_that_keeps_breaking_is_left_for_the_next_run_not_paid_again(
+    demo_copy: Path, tmp_path: Path
+) -> None:
+    cutting = QUICK.model_copy(update={"faults": FaultSpec.parse("truncate=1")})
+    with running_sandbox(cutting) as sandbox:
+        first = run(demo_copy / "example.csv", options(sandbox, tmp_path, max_attempts=2))
+        assert (first.exit_code, first.done, first.failed, first.pending) == (1, 0, 0, 3)
+        states = {
+            j.status for j in StateStore.open(tmp_path / "out" / "state.sqlite").jobs().values()
+        }
+        assert states == {JobStatus.DOWNLOADING}
+        assert not list((tmp_path / "out" / "videos").glob("*.mp4"))
+        sandbox.app.state.engine.faults.spec.rates["truncate"] = 0.0  # the network heals
+        second = run(demo_copy / "example.csv", options(sandbox, tmp_path))
+        assert (second.exit_code, second.done, second.submitted) == (0, 3, 0)
+        billed_once_per_job(sandbox, 3)

@@ -57,6 +57,7 @@ class RunningSandbox:
     base_url: str
     api_url: str
     config: SandboxConfig
+    app: Any = None  #: the Starlette app, for tests that change faults while it runs
 
     def ledger(self) -> dict[str, Any]:
         return httpx.get(f"{self.base_url}/sandbox/ledger", timeout=10).json()  # type: ignore[no-any-return]
@@ -81,7 +82,8 @@ def running_sandbox(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(_uvicorn_config(create_app(config), config, "warning"))
+    app = create_app(config)
+    server = uvicorn.Server(_uvicorn_config(app, config, "warning"))
     thread = threading.Thread(
         target=lambda: asyncio.run(server.serve(sockets=[sock])),
         name="avatarbatch-sandbox",
@@ -95,7 +97,7 @@ def running_sandbox(
         ):
             raise RuntimeError("the sandbox did not start")
         base = f"http://{host}:{port}"
-        yield RunningSandbox(base, base + config.path, config)
+        yield RunningSandbox(base, base + config.path, config, app)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
