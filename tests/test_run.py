@@ -144,8 +144,9 @@ def test_requests_stay_within_rps(sandbox: RunningSandbox, demo_copy: Path, tmp_
     summary = run(demo_copy / "demo.yaml", options(sandbox, tmp_path, rps=8))
     assert summary.exit_code == 0
     stamps = sandbox.post_times()
-    # Timestamps are taken at the sandbox, so allow for one request's network jitter.
-    assert max(sum(1 for t in stamps if s <= t < s + 0.98) for s in stamps) <= 8
+    # Timestamps are taken at the sandbox: one request delayed on its way can land in the
+    # next second's window, so allow one over the rate there.
+    assert max(sum(1 for t in stamps if s <= t < s + 1) for s in stamps) <= 9
     assert stamps[-1] - stamps[0] >= (len(stamps) - 8) / 8
 
 
