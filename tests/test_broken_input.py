@@ -17,7 +17,7 @@ from avatarbatch.diagnostics import Problems
 from avatarbatch.manifest import read_manifest
 from avatarbatch.preflight import preflight
 from avatarbatch.sources import MAX_MANIFEST_BYTES
-from conftest import image_bytes, wav_bytes
+from conftest import as_unprivileged, image_bytes, wav_bytes
 
 Write = Callable[[str, str | bytes], Path]
 runner = CliRunner()
@@ -142,27 +142,6 @@ def test_huge_manifest_is_refused_without_reading_it(tmp_path: Path) -> None:
     with path.open("wb") as handle:
         handle.truncate(MAX_MANIFEST_BYTES + 1)  # sparse: costs no disk
     assert "the limit is 64 MB" in first_error(path)
-
-
-def as_unprivileged(action: Callable[[], str]) -> str:
-    """Run `action` in a forked child that has dropped root, since root reads any file."""
-    if os.geteuid() != 0:
-        return action()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            message = action()
-        except BaseException as exc:
-            message = f"raised {exc!r}"
-        os.write(write_end, message.encode())
-        os._exit(0)
-    os.close(write_end)
-    os.waitpid(pid, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        return pipe.read().decode()
 
 
 def test_unreadable_manifest(write: Write) -> None:

@@ -32,7 +32,7 @@ from avatarbatch.runware import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
 from avatarbatch.state import JobStatus, StateStore
-from conftest import image_bytes, wav_bytes
+from conftest import as_unprivileged, image_bytes, wav_bytes
 
 QUICK = SandboxConfig(latency=0, fixed_latency=0.05, render="stub", workers=8, retry_after=0)
 QUICK_POLL = PollTiming(initial=0.05, min_interval=0.05, max_interval=0.3)
@@ -103,28 +103,6 @@ def test_an_output_folder_under_a_file_is_a_usage_error_before_anything_is_sent(
     assert sandbox.stats()["requests"]["http_posts"] == 0  # nothing uploaded, nothing paid
     with pytest.raises(UsageError, match="Not a directory"):  # the library gets the same
         asyncio.run(run_batch(manifest, quick_options(sandbox.api_url, out)))
-
-
-def as_unprivileged(action: Callable[[], str]) -> str:
-    """Run `action` in a forked child that has dropped root, since root writes anywhere."""
-    if os.geteuid() != 0:
-        return action()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            message = action()
-        except BaseException as exc:
-            message = f"raised {exc!r}"
-        os.write(write_end, message.encode())
-        os._exit(0)
-    os.close(write_end)
-    os.waitpid(pid, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        return pipe.read().decode()
 
 
 def test_a_read_only_output_folder_is_a_clear_message_and_exit_2() -> None:
