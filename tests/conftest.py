@@ -7,8 +7,9 @@ import math
 import os
 import shutil
 import struct
+import tempfile
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,24 @@ def as_unprivileged(action: Callable[[], str]) -> str:
     os.waitpid(pid, 0)
     with os.fdopen(read_end, "rb") as pipe:
         return pipe.read().decode()
+
+
+@pytest.fixture
+def readable_batch() -> Iterator[Path]:
+    """A world-readable folder with face.png, en.wav and a one-job m.yaml.
+
+    Outside pytest's 0700 tmp folders, so a child that dropped root (as_unprivileged) can
+    still read the manifest and its media.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        root.chmod(0o755)
+        (root / "face.png").write_bytes(image_bytes())
+        (root / "en.wav").write_bytes(wav_bytes(3))
+        manifest = root / "m.yaml"
+        manifest.write_text("version: 1\njobs:\n  - {id: a, portrait: face.png, audio: en.wav}\n")
+        manifest.chmod(0o644)
+        yield root
 
 
 @pytest.fixture

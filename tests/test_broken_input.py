@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from avatarbatch.diagnostics import Problems
 from avatarbatch.manifest import read_manifest
 from avatarbatch.preflight import preflight
 from avatarbatch.sources import MAX_MANIFEST_BYTES
-from conftest import as_unprivileged, image_bytes, wav_bytes
+from conftest import as_unprivileged
 
 Write = Callable[[str, str | bytes], Path]
 runner = CliRunner()
@@ -151,20 +150,12 @@ def test_unreadable_manifest(write: Write) -> None:
     assert message.startswith("m.yaml: cannot be read (Permission denied)"), message
 
 
-def test_unreadable_media_file() -> None:
-    # Outside pytest's tmp folders, whose 0700 parents would hide everything from the child.
-    with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        root.chmod(0o755)
-        (root / "face.png").write_bytes(image_bytes())
-        (root / "en.wav").write_bytes(wav_bytes(3))
-        path = root / "m.yaml"
-        path.write_text("version: 1\njobs:\n  - {id: a, portrait: face.png, audio: en.wav}\n")
-        path.chmod(0o644)
-        # The child cannot read the interpreter's lazily imported modules: load them all first.
-        assert preflight(path).ok
-        (root / "en.wav").chmod(0)
-        message = as_unprivileged(lambda: preflight(path).problems.errors[0].message)
+def test_unreadable_media_file(readable_batch: Path) -> None:
+    path = readable_batch / "m.yaml"
+    # The child cannot read the interpreter's lazily imported modules: load them all first.
+    assert preflight(path).ok
+    (readable_batch / "en.wav").chmod(0)
+    message = as_unprivileged(lambda: preflight(path).problems.errors[0].message)
     assert message == "en.wav cannot be read (Permission denied)", message
 
 

@@ -12,7 +12,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from avatarbatch.runware import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
 from avatarbatch.state import JobStatus, StateStore
-from conftest import as_unprivileged, image_bytes, wav_bytes
+from conftest import as_unprivileged
 
 QUICK = SandboxConfig(latency=0, fixed_latency=0.05, render="stub", workers=8, retry_after=0)
 QUICK_POLL = PollTiming(initial=0.05, min_interval=0.05, max_interval=0.3)
@@ -105,37 +104,31 @@ def test_an_output_folder_under_a_file_is_a_usage_error_before_anything_is_sent(
         asyncio.run(run_batch(manifest, quick_options(sandbox.api_url, out)))
 
 
-def test_a_read_only_output_folder_is_a_clear_message_and_exit_2() -> None:
-    # Outside pytest's 0700 tmp folders, so the unprivileged child can read the manifest.
-    with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        root.chmod(0o755)
-        (root / "face.png").write_bytes(image_bytes())
-        (root / "en.wav").write_bytes(wav_bytes(3))
-        manifest = root / "m.yaml"
-        manifest.write_text("version: 1\njobs:\n  - {id: a, portrait: face.png, audio: en.wav}\n")
-        out = root / "out"
-        out.mkdir()
-        if os.geteuid() == 0:
-            os.chown(out, 65534, 65534)  # the runner's own folder: only the mode stops it
-        out.chmod(0o500)
-        # The child cannot read the interpreter's lazily imported modules: load them first,
-        # by running the same failure once as root.
-        assert preflight(manifest).ok
-        (root / "afile").write_text("not a folder")
-        clean_failure(cli_run([str(manifest), "--out", str(root / "afile" / "out")], NOWHERE), 2)
+def test_a_read_only_output_folder_is_a_clear_message_and_exit_2(readable_batch: Path) -> None:
+    root = readable_batch
+    manifest = root / "m.yaml"
+    out = root / "out"
+    out.mkdir()
+    if os.geteuid() == 0:
+        os.chown(out, 65534, 65534)  # the runner's own folder: only the mode stops it
+    out.chmod(0o500)
+    # The child cannot read the interpreter's lazily imported modules: load them first,
+    # by running the same failure once as root.
+    assert preflight(manifest).ok
+    (root / "afile").write_text("not a folder")
+    clean_failure(cli_run([str(manifest), "--out", str(root / "afile" / "out")], NOWHERE), 2)
 
-        def attempt() -> str:
-            os.chdir(root)
-            result = cli_run([str(manifest), "--out", str(out)], NOWHERE)
-            return f"{result.exit_code}|{result.output}"
+    def attempt() -> str:
+        os.chdir(root)
+        result = cli_run([str(manifest), "--out", str(out)], NOWHERE)
+        return f"{result.exit_code}|{result.output}"
 
-        code, _, output = as_unprivileged(attempt).partition("|")
-        assert code == "2", output
-        assert "Traceback" not in output
-        text = " ".join(output.split())
-        assert f"cannot write into the output folder {out / 'videos'}: Permission denied" in text
-        assert not (out / "videos").exists() and not (out / "state.sqlite").exists()
+    code, _, output = as_unprivileged(attempt).partition("|")
+    assert code == "2", output
+    assert "Traceback" not in output
+    text = " ".join(output.split())
+    assert f"cannot write into the output folder {out / 'videos'}: Permission denied" in text
+    assert not (out / "videos").exists() and not (out / "state.sqlite").exists()
 
 
 # --- a full disk during a download ---------------------------------------------------------------
