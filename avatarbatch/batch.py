@@ -126,37 +126,55 @@ async def run_batch(
     with state_lock(path):
         store = StateStore.open(path)
         try:
-            plan = build_plan(manifest.jobs, checked_manifest.media, store.planning_view())
-            _register(store, plan)
-            run_id = store.start_run(
-                manifest=str(manifest.path),
-                manifest_sha256=manifest.sha256,
-                arguments=options.public(),
-            )
-            outcome = Outcome()
             try:
-                outcome = await _execute(
-                    manifest,
-                    checked_manifest,
-                    plan,
-                    store,
-                    out,
-                    options,
-                    hooks,
-                    handle_signals,
-                    on_runner,
+                summary = await _run_planned(
+                    checked_manifest, store, out, path, options, hooks, handle_signals, on_runner
                 )
             finally:
-                summary = summarize(store, plan, outcome, out, path)
-                store.finish_run(
-                    run_id,
-                    outcome=_outcome_word(summary.exit_code),
-                    exit_code=summary.exit_code,
-                    summary=summary.as_dict(),
-                )
-                summary.report = _reports(manifest, store, out)
+                # Written however the run ended; by now the plan is gone, which matters to
+                # the peak memory of a 100,000-job batch.
+                report = _reports(manifest, store, out)
+            summary.report = report
         finally:
             store.close()
+    return summary
+
+
+async def _run_planned(
+    checked_manifest: Preflight,
+    store: StateStore,
+    out: Path,
+    path: Path,
+    options: BatchOptions,
+    hooks: Hooks | None,
+    handle_signals: bool,
+    on_runner: Callable[[Runner], None] | None,
+) -> RunSummary:
+    """Plan against the state file, register, run what is left, record the run's summary."""
+    manifest = checked_manifest.manifest
+    assert manifest is not None
+    plan = build_plan(manifest.jobs, checked_manifest.media, store.planning_view())
+    statuses = register_plan(store, plan)
+    run_id = store.start_run(
+        manifest=str(manifest.path),
+        manifest_sha256=manifest.sha256,
+        arguments=options.public(),
+    )
+    outcome = Outcome()
+    try:
+        # With nothing to do there is no sandbox, no connection, no request at all.
+        if _has_work(statuses, options.retry_failed):
+            outcome = await _execute(
+                checked_manifest, plan, store, out, options, hooks, handle_signals, on_runner
+            )
+    finally:
+        summary = summarize(store, plan, outcome, out, path)
+        store.finish_run(
+            run_id,
+            outcome=_outcome_word(summary.exit_code),
+            exit_code=summary.exit_code,
+            summary=summary.as_dict(),
+        )
     return summary
 
 
@@ -177,9 +195,9 @@ def _check_writable(folder: Path) -> None:
         ) from exc
 
 
-def _register(store: StateStore, plan: Plan) -> None:
+def register_plan(store: StateStore, plan: Plan) -> dict[str, JobStatus]:
     """Bring the state file in line with the manifest (new and changed jobs) in one commit."""
-    store.ensure_jobs(
+    return store.ensure_jobs(
         JobSpec(
             id=p.job.id,
             spec_hash=p.spec_hash,
@@ -194,7 +212,6 @@ def _register(store: StateStore, plan: Plan) -> None:
 
 
 async def _execute(
-    manifest: Manifest,
     checked_manifest: Preflight,
     plan: Plan,
     store: StateStore,
@@ -212,8 +229,6 @@ async def _execute(
         poll=options.poll,
     )
     pending = [p.job for p in plan.jobs]
-    if not _has_work(store, plan, options.retry_failed):
-        return Outcome()  # nothing to do: no sandbox, no connection, no request at all
     with _api(options) as settings, _signals_enabled(handle_signals) as on_signal:
         async with make_http_client(options.concurrency) as http:
             client = RunwareClient(http, settings, gate=RateLimiter(options.rps))
@@ -240,10 +255,9 @@ def _reports(manifest: Manifest, store: StateStore, out: Path) -> str:
         return ""
 
 
-def _has_work(store: StateStore, plan: Plan, retry_failed: bool) -> bool:
-    records = store.jobs()
+def _has_work(statuses: dict[str, JobStatus], retry_failed: bool) -> bool:
     finished = (JobStatus.DONE,) if retry_failed else (JobStatus.DONE, JobStatus.FAILED)
-    return any(records[p.job.id].status not in finished for p in plan.jobs)
+    return any(status not in finished for status in statuses.values())
 
 
 def _interrupt(runner: Runner) -> None:
@@ -332,8 +346,7 @@ def run_manifest(
 
 
 def summarize(store: StateStore, plan: Plan, outcome: Outcome, out: Path, path: Path) -> RunSummary:
-    counts = store.counts()
-    records = store.jobs()
+    records = store.overview()
     ids = [p.job.id for p in plan.jobs]
     done = sum(1 for i in ids if records[i].status is JobStatus.DONE)
     failed = sum(1 for i in ids if records[i].status is JobStatus.FAILED)
@@ -343,7 +356,6 @@ def summarize(store: StateStore, plan: Plan, outcome: Outcome, out: Path, path: 
         records[i] for i in ids if records[i].status not in (JobStatus.DONE, JobStatus.FAILED)
     ]
     remaining_cost = sum((r.estimated_cost or 0.0) for r in remaining)
-    del counts
     if outcome.fatal is not None:
         code, message = EXIT_AUTH, f"stopped: {outcome.fatal}"
     elif outcome.local_error is not None:  # before `interrupted`: stopping cancels the drivers

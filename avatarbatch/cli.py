@@ -102,7 +102,8 @@ def plan(manifest: ManifestArg, state: StateOpt = None, as_json: JsonOpt = False
         stored = status_view.stored_jobs(path) if path.exists() else {}
         the_plan = build_plan(result.manifest.jobs, result.media, stored)
     if as_json:
-        typer.echo(json.dumps(the_plan.as_dict(), indent=2))
+        for piece in the_plan.json_text():
+            typer.echo(piece, nl=False)
     else:
         views.print_plan(stdout(), the_plan, display_path(result.manifest.path))
 
@@ -191,6 +192,7 @@ def sandbox(
         str | None, typer.Option(help="Accept only this key (default: any non-empty key).")
     ] = None,
     latency: Annotated[float, typer.Option(help="Render seconds per second of audio.")] = 0.2,
+    fixed_latency: Annotated[float, typer.Option(help="Render seconds added to every task.")] = 0.3,
     workers: Annotated[int, typer.Option(help="Render slots; more tasks wait in a queue.")] = 4,
     render: Annotated[
         str, typer.Option(help="full: real renders; stub: tiny cached videos.")
@@ -205,18 +207,24 @@ def sandbox(
     balance: Annotated[
         float | None, typer.Option(help="USD; submissions get HTTP 402 once billing reaches it.")
     ] = None,
+    video_bytes: Annotated[
+        int | None,
+        typer.Option(help="Pad every MP4/MOV result to this size (sparse), to test big downloads."),
+    ] = None,
 ) -> None:
     """Serve the offline Runware emulator (POST /v1, GET /sandbox/ledger, /sandbox/stats)."""
     with user_errors():
         config = sandbox_settings.build(
             api_key=api_key,
             latency=latency,
+            fixed_latency=fixed_latency,
             workers=workers,
             render=render,
             faults=faults,
             seed=seed,
             allow_remote=allow_remote,
             balance=balance,
+            video_bytes=video_bytes,
         )
         if host not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
             stderr().print(f"warning: serving on {host}: other machines can reach this sandbox")

@@ -14,6 +14,7 @@ browser can check from the DOM alone that every file really plays.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from html import escape
 from pathlib import PurePosixPath
 from string import Template
@@ -28,9 +29,14 @@ CHART_WIDTH, LABEL_WIDTH, VALUE_WIDTH, ROW_HEIGHT, BAR_HEIGHT = 420, 110, 92, 24
 
 def render_gallery(data: ReportData) -> str:
     """The complete index.html for `data`."""
+    return "".join(gallery_chunks(data))
+
+
+def gallery_chunks(data: ReportData) -> Iterator[str]:
+    """index.html piece by piece, so 100,000 cards are never one string in memory."""
     slugs = _var_slugs(data.var_names)
     videos = sum(len(job.outputs) for job in data.jobs)
-    return PAGE.substitute(
+    page = PAGE.substitute(
         title=escape(f"{PurePosixPath(data.manifest).name} · avatarbatch gallery"),
         css=CSS,
         script=SCRIPT,
@@ -38,9 +44,14 @@ def render_gallery(data: ReportData) -> str:
         header=_header(data),
         charts=_charts(data),
         filters=_filters(data, slugs),
-        cards="\n".join(_card(job, data.var_names, slugs) for job in data.jobs),
+        cards=CARDS_MARK,
         empty="" if data.jobs else '<p class="empty">This manifest has no jobs.</p>',
     )
+    before, _, after = page.partition(CARDS_MARK)
+    yield before
+    for position, job in enumerate(data.jobs):
+        yield ("\n" if position else "") + _card(job, data.var_names, slugs)
+    yield after
 
 
 # --- header and charts ------------------------------------------------------------------------
@@ -355,6 +366,9 @@ SCRIPT = """
 })();
 """
 
+# Stands in for the cards while the page around them is filled in; every text from the
+# manifest or the state is escaped, so a raw `<` can only be ours.
+CARDS_MARK = "<avatarbatch-cards/>"
 PAGE = Template("""<!doctype html>
 <html lang="en">
 <head>

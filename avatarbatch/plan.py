@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from avatarbatch.jsonlines import json_with_item_lines
 from avatarbatch.manifest import Job
 from avatarbatch.media import MediaInfo, MediaRef
 
@@ -82,27 +83,34 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape of `avatarbatch plan --json`."""
+        return {"jobs": list(self.job_dicts()), "totals": self.totals_dict()}
+
+    def json_text(self) -> Iterator[str]:
+        """`as_dict()` as JSON text, in pieces, one job per line."""
+        return json_with_item_lines(
+            {"jobs": None, "totals": self.totals_dict()}, "jobs", self.job_dicts()
+        )
+
+    def job_dicts(self) -> Iterator[dict[str, Any]]:
+        for p in self.jobs:
+            yield {
+                "id": p.job.id,
+                "status": p.status.value,
+                "model": p.job.model,
+                "audio_seconds": p.audio_seconds,
+                "estimated_cost": None if p.estimated_cost is None else float(p.estimated_cost),
+                "number_results": p.job.number_results,
+                "vars": p.job.vars,
+            }
+
+    def totals_dict(self) -> dict[str, Any]:
         return {
-            "jobs": [
-                {
-                    "id": p.job.id,
-                    "status": p.status.value,
-                    "model": p.job.model,
-                    "audio_seconds": p.audio_seconds,
-                    "estimated_cost": None if p.estimated_cost is None else float(p.estimated_cost),
-                    "number_results": p.job.number_results,
-                    "vars": p.job.vars,
-                }
-                for p in self.jobs
-            ],
-            "totals": {
-                **self.totals.as_dict(),
-                "to_run": self.to_run.as_dict(),
-                "by_model": {name: t.as_dict() for name, t in self.by_model.items()},
-                "by_var": {
-                    var: {value: t.as_dict() for value, t in values.items()}
-                    for var, values in self.by_var.items()
-                },
+            **self.totals.as_dict(),
+            "to_run": self.to_run.as_dict(),
+            "by_model": {name: t.as_dict() for name, t in self.by_model.items()},
+            "by_var": {
+                var: {value: t.as_dict() for value, t in values.items()}
+                for var, values in self.by_var.items()
             },
         }
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from avatarbatch.gallery import render_gallery
+from avatarbatch.gallery import gallery_chunks
+from avatarbatch.jsonlines import json_with_item_lines
 from avatarbatch.manifest import Job, Manifest
 from avatarbatch.media import MediaRef
 from avatarbatch.reportdata import JobReport, ReportData, Totals, build_report
@@ -41,10 +41,10 @@ def write_reports(manifest: Manifest, store: StateStore, output_dir: Path) -> Re
         output_dir=output_dir,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write(output_dir / "cost_report.csv", cost_csv(data))
-    _write(output_dir / "report.json", json.dumps(data.as_dict(), indent=2) + "\n")
+    _write(output_dir / "cost_report.csv", cost_csv_lines(data))
+    _write(output_dir / "report.json", report_json(data))
     _write(output_dir / "report.md", summary_markdown(data))
-    _write(output_dir / "index.html", render_gallery(data))
+    _write(output_dir / "index.html", gallery_chunks(data))
     failed = [
         job for job, row in zip(manifest.jobs, data.jobs, strict=True) if row.status == "failed"
     ]
@@ -56,10 +56,22 @@ def write_reports(manifest: Manifest, store: StateStore, output_dir: Path) -> Re
     return data
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path, text: str | Iterable[str]) -> None:
     partial = path.with_name(f".{path.name}.part")
-    partial.write_text(text, encoding="utf-8")
+    with partial.open("w", encoding="utf-8") as handle:
+        if isinstance(text, str):
+            handle.write(text)
+        else:
+            handle.writelines(text)
     partial.replace(path)
+
+
+# --- report.json --------------------------------------------------------------------------------
+
+
+def report_json(data: ReportData) -> Iterator[str]:
+    """report.json, piece by piece: the totals indented, then one job per line."""
+    return json_with_item_lines(data.head(), "jobs", (job.as_dict() for job in data.jobs))
 
 
 # --- cost_report.csv ----------------------------------------------------------------------------
@@ -73,31 +85,43 @@ def safe_cell(value: Any) -> Any:
 
 
 def cost_csv(data: ReportData) -> str:
+    return "".join(cost_csv_lines(data))
+
+
+def cost_csv_lines(data: ReportData) -> Iterator[str]:
+    """cost_report.csv line by line: one per job, then a TOTAL per model and overall."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = [
-        "id",
-        *data.var_names,
-        "model",
-        "status",
-        "audio_seconds",
-        "results",
-        "estimated_cost",
-        "actual_cost",
-        "attempts",
-        "task_uuid",
-        "outputs",
-        "sha256",
-        "error",
-    ]
-    writer.writerow(header)
+
+    def line(cells: list[Any]) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(cells)
+        return buffer.getvalue()
+
+    yield line(
+        [
+            "id",
+            *data.var_names,
+            "model",
+            "status",
+            "audio_seconds",
+            "results",
+            "estimated_cost",
+            "actual_cost",
+            "attempts",
+            "task_uuid",
+            "outputs",
+            "sha256",
+            "error",
+        ]
+    )
     for job in data.jobs:
-        writer.writerow([safe_cell(cell) for cell in _job_cells(job, data.var_names)])
+        yield line([safe_cell(cell) for cell in _job_cells(job, data.var_names)])
     blanks = [""] * len(data.var_names)
     for alias, totals in data.by_model.items():
-        writer.writerow([f"TOTAL {alias}", *blanks, alias, *_total_cells(totals)])
-    writer.writerow(["TOTAL", *blanks, "", *_total_cells(data.totals)])
-    return buffer.getvalue()
+        yield line([f"TOTAL {alias}", *blanks, alias, *_total_cells(totals)])
+    yield line(["TOTAL", *blanks, "", *_total_cells(data.totals)])
 
 
 def _job_cells(job: JobReport, var_names: list[str]) -> list[Any]:

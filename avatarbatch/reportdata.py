@@ -6,14 +6,15 @@ All outputs (CSV, JSON, Markdown, the HTML gallery, failures.yaml) are views of 
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
+from pathlib import Path, PurePath
 from typing import Any
 
 from avatarbatch import catalog
 from avatarbatch.manifest import Job
-from avatarbatch.state import JobRecord, StateStore
+from avatarbatch.state import JobOverview, StateStore
 
 MISMATCH_RATIO = 0.10  #: an actual cost this far from its estimate is pointed out
 
@@ -35,6 +36,13 @@ class JobReport:
     sha256: list[str]
     error: str | None
     cost_mismatch: bool  #: actual and estimate differ by more than MISMATCH_RATIO
+
+    def as_dict(self) -> dict[str, Any]:
+        # Shallow on purpose: dataclasses.asdict deep-copies, 5 s for 100,000 jobs.
+        return {name: getattr(self, name) for name in _JOB_REPORT_FIELDS}
+
+
+_JOB_REPORT_FIELDS = tuple(f.name for f in fields(JobReport))
 
 
 @dataclass
@@ -75,7 +83,8 @@ class ReportData:
     runs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def head(self) -> dict[str, Any]:
+        """Everything but the jobs, which report.json writes one per line."""
         return {
             "manifest": self.manifest,
             "manifest_sha256": self.manifest_sha256,
@@ -87,11 +96,40 @@ class ReportData:
             "totals": self.totals.rounded(),
             "by_model": {k: v.rounded() for k, v in self.by_model.items()},
             "by_var": {k: {v: t.rounded() for v, t in vs.items()} for k, vs in self.by_var.items()},
-            "jobs": [asdict(job) for job in self.jobs],
         }
 
 
-def job_report(job: Job, record: JobRecord | None, output_dir: Path) -> JobReport:
+class RelativeTo:
+    """Output paths as written in reports: relative to the output folder when inside it.
+
+    A prefix test on normalised absolute strings, because a `resolve()` per file (a system
+    call per path component) took 6 s for the 100,000 files of a large batch; paths that do
+    not start with the folder as given or as resolved still get the careful treatment.
+    """
+
+    def __init__(self, base: Path) -> None:
+        self._base = base
+        self._cwd = str(Path.cwd())
+        self._prefixes = tuple(
+            dict.fromkeys(
+                os.path.join(os.path.normpath(folder), "")  # noqa: PTH118 - strings, for speed
+                for folder in (base.absolute(), base.resolve())
+            )
+        )
+
+    def __call__(self, stored: str) -> str:
+        absolute = os.path.normpath(os.path.join(self._cwd, stored))  # noqa: PTH118 - as above
+        for prefix in self._prefixes:
+            if absolute.startswith(prefix):
+                inside = absolute[len(prefix) :]
+                return inside if os.sep == "/" else PurePath(inside).as_posix()
+        try:
+            return Path(stored).resolve().relative_to(self._base.resolve()).as_posix()
+        except ValueError:
+            return Path(stored).as_posix()
+
+
+def job_report(job: Job, record: JobOverview | None, relative: RelativeTo) -> JobReport:
     model = catalog.model_by_id(job.model)
     if record is None:
         return JobReport(
@@ -111,7 +149,8 @@ def job_report(job: Job, record: JobRecord | None, output_dir: Path) -> JobRepor
             None,
             False,
         )
-    outputs = [_relative(Path(o["path"]), output_dir) for o in record.outputs]
+    files = record.outputs
+    outputs = [relative(o["path"]) for o in files]
     estimate, actual = record.estimated_cost, record.actual_cost
     mismatch = bool(
         estimate and actual is not None and abs(actual - estimate) > MISMATCH_RATIO * estimate
@@ -123,13 +162,13 @@ def job_report(job: Job, record: JobRecord | None, output_dir: Path) -> JobRepor
         model_alias=model.alias,
         status=record.status.value,
         audio_seconds=record.audio_seconds,
-        results=len(record.results),
+        results=record.results,
         estimated_cost=estimate,
         actual_cost=actual,
         attempts=record.attempts,
         task_uuid=record.task_uuid,
         outputs=outputs,
-        sha256=[o["sha256"] for o in record.outputs],
+        sha256=[o["sha256"] for o in files],
         error=record.error_message,
         cost_mismatch=mismatch,
     )
@@ -144,8 +183,9 @@ def build_report(
     output_dir: Path,
 ) -> ReportData:
     """The report of the manifest's jobs as the state file knows them now."""
-    records = store.jobs()
-    rows = [job_report(job, records.get(job.id), output_dir) for job in jobs]
+    records = store.overview()
+    relative = RelativeTo(output_dir)
+    rows = [job_report(job, records.get(job.id), relative) for job in jobs]
     var_names = sorted({name for job in jobs for name in job.vars})
     data = ReportData(
         manifest=manifest,
@@ -170,10 +210,3 @@ def build_report(
     data.runs = len(runs)
     data.run = runs[-1] if runs else None
     return data
-
-
-def _relative(path: Path, base: Path) -> str:
-    try:
-        return path.resolve().relative_to(base.resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()

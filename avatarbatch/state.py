@@ -103,6 +103,29 @@ class JobRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class JobOverview:
+    """What summaries and reports need of a job: no results, vars or events decoded.
+
+    100,000 full JobRecords took 1.7 s and 260 MB to decode; this takes a fraction of both.
+    """
+
+    status: JobStatus
+    attempts: int
+    task_uuid: str | None
+    audio_seconds: float | None
+    estimated_cost: float | None
+    actual_cost: float | None
+    results: int  #: how many results are known
+    outputs_json: str
+    error_message: str | None
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        """Downloaded files: {"path", "bytes", "sha256"}."""
+        return json.loads(self.outputs_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
 class JobSpec:
     """What the manifest says about one job: the input of `StateStore.ensure_jobs`."""
 
@@ -401,6 +424,17 @@ class StateStore:
         """Every job by id, in insertion order."""
         return {record.id: record for record in self._select()}
 
+    def overview(self) -> dict[str, JobOverview]:
+        """Every job by id, in insertion order, as summaries and reports need it."""
+        rows = self._db.execute(
+            "SELECT id, status, attempts, task_uuid, audio_seconds, estimated_cost, actual_cost, "
+            "json_array_length(results), outputs, error_message FROM jobs ORDER BY rowid"
+        )
+        try:
+            return {row[0]: JobOverview(JobStatus(row[1]), *row[2:]) for row in rows}
+        except ValueError as exc:
+            raise StateError(f"{self.path} holds a job that cannot be read: {exc}") from exc
+
     def planning_view(self) -> dict[str, StoredJob]:
         """What `plan.build_plan` needs to know about each stored job."""
         rows = self._db.execute("SELECT id, spec_hash, status FROM jobs ORDER BY rowid")
@@ -421,10 +455,13 @@ class StateStore:
         spec = JobSpec(
             job_id, spec_hash, model, number_results, audio_seconds, estimated_cost, vars
         )
-        return self.ensure_jobs([spec])[job_id]
+        self.ensure_jobs([spec])
+        record = self.get(job_id)
+        assert record is not None
+        return record
 
-    def ensure_jobs(self, specs: Iterable[JobSpec]) -> dict[str, JobRecord]:
-        """Bring many jobs in line with the manifest in one transaction; returns their records.
+    def ensure_jobs(self, specs: Iterable[JobSpec]) -> dict[str, JobStatus]:
+        """Bring many jobs in line with the manifest in one transaction; returns their statuses.
 
         Absent: inserted as PENDING. Same spec_hash: left exactly as stored. Another
         spec_hash: the job changed, so it goes back to PENDING with the new spec and no
@@ -462,8 +499,8 @@ class StateStore:
             db.conn.executemany(
                 "INSERT INTO events (at, job_id, kind, detail) VALUES (?, ?, ?, ?)", events
             )
-            records = self._select("WHERE id IN (SELECT value FROM json_each(?))", [ids])
-        return {record.id: record for record in records}
+        # Statuses, not records: decoding 100,000 records again took longer than the rest.
+        return {spec.id: JobStatus(stored[spec.id][1]) for spec in specs}
 
     def transition(self, job_id: str, to: JobStatus, **fields: Any) -> JobRecord:
         """Move a job to `to` and update the given fields, as one logged transaction."""

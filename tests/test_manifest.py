@@ -446,3 +446,13 @@ def test_load_manifest_raises_with_every_problem(write: Write, media: Path) -> N
         load_manifest(path)
     assert {p.field for p in caught.value.problems} == {"portrait", "audio"}
     assert str(caught.value) == "m.yaml:3: job a: portrait: is required (and 1 more)"
+
+
+def test_two_csv_columns_for_one_field_are_reported_once_at_the_header(write: Write) -> None:
+    rows = "".join(f"j{i},a.png,b.wav,x,y\n" for i in range(50))
+    path = write("m.csv", "id,portrait,audio,prompt,positivePrompt\n" + rows)
+    problems = Problems()
+    read_manifest(path, problems)
+    assert [p.format() for p in problems.errors] == [
+        "m.csv:1: columns 'prompt' and 'positivePrompt' both give prompt"
+    ]

@@ -30,3 +30,6 @@ class SandboxConfig(BaseModel):
     max_body_bytes: int = 64 * 1024 * 1024
     balance: float | None = None  #: USD; once billing reaches it, submissions get HTTP 402
     default_ttl: int = 24 * 3600  #: seconds a result URL lives when the task gives no ttl
+    #: grow every MP4/MOV result to this many bytes with a trailing `free` box (a sparse
+    #: file, so it costs no disk), to show what large downloads do to a client's memory
+    video_bytes: int | None = Field(None, ge=0, lt=2**32)

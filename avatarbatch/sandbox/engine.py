@@ -29,7 +29,13 @@ from avatarbatch.sandbox import store
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultInjector
 from avatarbatch.sandbox.notify import Notifier
-from avatarbatch.sandbox.render import EXTENSIONS, RenderError, render_stub, render_video
+from avatarbatch.sandbox.render import (
+    EXTENSIONS,
+    RenderError,
+    pad_video,
+    render_stub,
+    render_video,
+)
 from avatarbatch.sandbox.validation import media_form
 
 log = logging.getLogger("avatarbatch.sandbox")
@@ -190,6 +196,8 @@ class Engine:
             else:
                 quality = int(task.request.get("outputQuality", 95))
                 await render_video(portrait, audio, seconds, fmt, dest, quality=quality)
+            if self.config.video_bytes is not None and fmt != "WEBM":
+                await asyncio.to_thread(pad_video, dest, self.config.video_bytes)
         except RenderError as exc:
             log.warning("sandbox: render of %s failed: %s", task.uuid, exc)
             return ("processingFailed", "Rendering failed.")

@@ -50,6 +50,7 @@ WAVE_COLOUR = "0x7fffd4"
 STUB_SIDE = 64
 STUB_COLOUR = "0x3a6ea5"
 # Enough of ffmpeg's stderr to see why it failed, short enough for a task's error message.
+FREE_BOX_HEADER = 8  #: a 32-bit size and the type `free`
 STDERR_TAIL_LINES = 5
 # How many cancellations the cleanup of a cancelled ffmpeg run absorbs before giving up.
 CLEANUP_ATTEMPTS = 5
@@ -168,6 +169,24 @@ async def render_stub(
             what = f"render the {millis} ms {output_format} stub"
             await _render_into(cached, args, what=what, timeout=timeout)
     await asyncio.to_thread(_copy_into_place, cached, dest)
+
+
+def pad_video(path: Path, size: int) -> None:
+    """Grow an MP4/MOV file to `size` bytes with a trailing `free` box, which players skip.
+
+    The box is written as a hole (truncate past the end), so a 200 MB result costs no disk
+    and no time, yet is downloaded, hashed and saved like any other 200 MB file.
+    """
+    if path.suffix not in (".mp4", ".mov"):
+        raise ValueError(f"only MP4 and MOV results can be padded, not {path.name}")
+    current = path.stat().st_size
+    padding = size - current
+    if padding < FREE_BOX_HEADER:
+        return  # already that large, or too close to it for a box header
+    with path.open("r+b") as handle:
+        handle.seek(current)
+        handle.write(padding.to_bytes(4, "big") + b"free")
+        handle.truncate(size)
 
 
 def probe_video(path: Path, *, timeout: float = 60.0) -> VideoInfo:

@@ -1,0 +1,98 @@
+"""Measuring one child process, and the facts about the machine the figures come from.
+
+Every contender runs in a process of its own, so its CPU time and peak memory are its own:
+the sandbox, the benchmark driver and the other contenders never count. `os.wait4` hands
+back the child's resource usage when it is reaped.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one finished child process cost."""
+
+    wall_s: float
+    cpu_s: float  #: user + system seconds of the child (and of any children it reaped)
+    peak_rss_mb: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_measured(
+    command: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Measured:
+    """Run `command` to completion; its output goes to temporary files, not to memory."""
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        return Measured(
+            wall_s=wall,
+            cpu_s=usage.ru_utime + usage.ru_stime,
+            peak_rss_mb=usage.ru_maxrss / 1024,  # Linux reports KiB
+            returncode=process.returncode,
+            stdout=stdout.read().decode("utf-8", errors="replace"),
+            stderr=stderr.read().decode("utf-8", errors="replace"),
+        )
+
+
+def checked(measured: Measured, what: str) -> Measured:
+    """Stop the benchmark loudly when a contender failed: its figures would mean nothing."""
+    if measured.returncode != 0:
+        tail = "\n".join((measured.stdout + measured.stderr).splitlines()[-20:])
+        raise SystemExit(f"{what} exited with {measured.returncode}:\n{tail}")
+    return measured
+
+
+def machine_facts() -> dict[str, Any]:
+    """Enough to tell whether two results files are comparable."""
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "packages": {
+            name: _version(name)
+            for name in ("avatarbatch", "runware-sdk", "httpx", "uvicorn", "starlette")
+        },
+        "executable": sys.executable,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
