@@ -33,5 +33,10 @@ demo: install
 chaos: install
 	$(BIN)/python bench/chaos.py --jobs 200 --kills 5 --seed $(or $(SEED),7)
 
+# All four scenarios against the official SDK, a raw httpx loop and the ideal (~10 min);
+# writes bench/results.json and the figures in bench/README.md.
+bench: install
+	$(BIN)/python bench/run_bench.py
+
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -27,12 +27,14 @@ log = logging.getLogger("avatarbatch.poller")
 @dataclass(frozen=True)
 class PollTiming:
     initial: float = 1.0  #: first check while nothing has been learnt yet
-    early: float = 0.95  #: first check at this fraction of the expected render time
-    step: float = 0.05  #: re-check interval as a fraction of the expected render time
+    # Measured in bench scenario A (200 tasks of 3 s, concurrency 16), against 0.95/0.05/0.1:
+    # wall 41.8 s -> 41.5 s (ideal 39 s) at 1.24 -> 1.27 POSTs per job.
+    early: float = 0.98  #: first check at this fraction of the expected render time
+    step: float = 0.03  #: re-check interval as a fraction of the expected render time
     min_interval: float = 0.1
     max_interval: float = 10.0
     growth: float = 1.5  #: each further miss waits this much longer
-    window: float = 0.1  #: tasks due within this fraction of their expected time share a POST
+    window: float = 0.05  #: tasks due within this fraction of their expected time share a POST
     smoothing: float = 0.3  #: weight of the newest observation
     blind_step: float = 0.15  #: re-check after this share of the wait, before anything is learnt
 
