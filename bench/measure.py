@@ -2,11 +2,13 @@
 
 Every contender runs in a process of its own, so its CPU time and peak memory are its own:
 the sandbox, the benchmark driver and the other contenders never count. `os.wait4` hands
-back the child's resource usage when it is reaped.
+back the child's resource usage when it is reaped (wall time includes the ~20 ms start of
+the small wrapper that reaps it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -32,25 +34,48 @@ class Measured:
     stderr: str
 
 
+# Runs the measured command and reports its rusage. Linux folds the memory high-water mark
+# of the process that calls execve into the child's ru_maxrss, so a child started straight
+# from this driver (hundreds of MB after scenario C) would report the driver's peak as its
+# own. Started from this small interpreter instead, it reports only its own.
+_WRAPPER = """
+import json, os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as report:
+    json.dump([os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime,
+               usage.ru_maxrss], report)
+"""
+
+
 def run_measured(
     command: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> Measured:
     """Run `command` to completion; its output goes to temporary files, not to memory."""
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+    with (
+        tempfile.TemporaryFile() as stdout,
+        tempfile.TemporaryFile() as stderr,
+        tempfile.NamedTemporaryFile(suffix=".json") as usage,
+    ):
         started = time.perf_counter()
-        process = subprocess.Popen(
-            command, env=env, cwd=cwd, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL
+        subprocess.run(
+            [sys.executable, "-c", _WRAPPER, usage.name, *command],
+            env=env,
+            cwd=cwd,
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
-        _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
+        returncode, cpu, maxrss_kib = json.loads(Path(usage.name).read_text() or "[-1, 0, 0]")
         stdout.seek(0)
         stderr.seek(0)
         return Measured(
             wall_s=wall,
-            cpu_s=usage.ru_utime + usage.ru_stime,
-            peak_rss_mb=usage.ru_maxrss / 1024,  # Linux reports KiB
-            returncode=process.returncode,
+            cpu_s=cpu,
+            peak_rss_mb=maxrss_kib / 1024,  # Linux reports KiB
+            returncode=returncode,
             stdout=stdout.read().decode("utf-8", errors="replace"),
             stderr=stderr.read().decode("utf-8", errors="replace"),
         )

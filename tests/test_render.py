@@ -16,6 +16,7 @@ from avatarbatch.sandbox.render import (
     RenderError,
     VideoInfo,
     ffmpeg_exe,
+    pad_video,
     probe_video,
     render_stub,
     render_video,
@@ -249,3 +250,24 @@ def test_probing_a_file_that_is_not_a_video_raises(tmp_path: Path) -> None:
     path.write_text("hello\n")
     with pytest.raises(RenderError, match="not a readable video"):
         probe_video(path)
+
+
+@pytest.mark.parametrize("output_format", ["MP4", "MOV"])
+async def test_padded_results_stay_playable_and_take_no_disk(
+    tmp_path: Path, output_format: render.OutputFormat
+) -> None:
+    dest = tmp_path / f"big.{render.EXTENSIONS[output_format]}"
+    await render_stub(1.5, output_format, dest, cache_dir=tmp_path / "cache")
+    pad_video(dest, 64 * 2**20)
+    assert dest.stat().st_size == 64 * 2**20
+    assert dest.stat().st_blocks * 512 < 2**20  # a hole, not 64 MB of zeros on disk
+    assert abs(probe_video(dest).seconds - 1.5) <= 0.006
+    pad_video(dest, 1000)  # never shrinks
+    assert dest.stat().st_size == 64 * 2**20
+
+
+async def test_only_mp4_and_mov_results_are_padded(tmp_path: Path) -> None:
+    dest = tmp_path / "clip.webm"
+    await render_stub(1.0, "WEBM", dest, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="only MP4 and MOV"):
+        pad_video(dest, 2**20)
