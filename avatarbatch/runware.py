@@ -34,6 +34,7 @@ log = logging.getLogger("avatarbatch.runware")
 
 DEFAULT_API_URL = "https://api.runware.ai/v1"
 USER_AGENT = f"avatarbatch/{__version__}"
+DOWNLOAD_CHUNK = 64 * 1024
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # an API answer larger than this is not a real answer
 # Statuses whose errors belong to single tasks of a batch, not to the request as a whole.
 TASK_LEVEL_STATUSES = frozenset({400, 404, 409, 422})
@@ -303,7 +304,10 @@ class RunwareClient:
                             f"download of {url} is {int(declared):,} bytes, over the limit"
                         )
                     async with aiofiles.open(target, "wb") as out:
-                        async for chunk in response.aiter_bytes(1 << 20):
+                        # 64 KiB, not 1 MiB: peak RSS stays flat with video size (bench D,
+                        # 20 x 200 MB: 69 MB against 94 MB); loopback speed drops 15%, a
+                        # real network is slower than either.
+                        async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK):
                             size += len(chunk)
                             if size > limit:
                                 raise RejectedError(f"download of {url} exceeded {limit:,} bytes")
