@@ -267,7 +267,8 @@ def tables(results: dict[str, Any]) -> str:
                     "POSTs / job",
                     "uploads",
                     "submits",
-                    "polls",
+                    "poll POSTs",
+                    "tasks polled",
                     "peak in flight",
                     "POSTs vs avatarbatch",
                 ),
@@ -472,7 +473,13 @@ def main() -> None:
     parser.add_argument(
         "--contenders", default=",".join(CONTENDERS), help="a subset, for profiling runs"
     )
+    parser.add_argument(
+        "--readme-only", action="store_true", help="rewrite README figures from results.json"
+    )
     args = parser.parse_args()
+    if args.readme_only:
+        update_readme(tables(json.loads(RESULTS.read_text(encoding="utf-8"))))
+        return
     sizes = QUICK if args.quick else Sizes()
     work = Path(tempfile.mkdtemp(prefix="avatarbatch-bench-"))
     results: dict[str, Any] = {"machine": machine_facts(), "quick": args.quick}

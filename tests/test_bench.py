@@ -19,7 +19,7 @@ from avatarbatch.batch import BatchOptions, run_batch
 from avatarbatch.runware import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import running_sandbox
-from conftest import REPO, TEST_KEY
+from conftest import REPO, SDK_LEAKS_IGNORED, TEST_KEY
 
 sys.path.insert(0, str(REPO / "bench"))
 from contenders import Row, read_rows, run_raw, run_sdk
@@ -30,6 +30,8 @@ Contender = Callable[[list[Row], str, Path, int], Awaitable[dict[str, int]]]
 QUICK = SandboxConfig(latency=0, fixed_latency=0.1, render="stub", workers=4)
 
 
+@SDK_LEAKS_IGNORED
+@pytest.mark.usefixtures("official_sdk_leaks")
 @pytest.mark.parametrize("contender", [run_sdk, run_raw], ids=["sdk", "raw"])
 def test_the_other_contenders_finish_every_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, contender: Contender

@@ -144,9 +144,10 @@ def test_requests_stay_within_rps(sandbox: RunningSandbox, demo_copy: Path, tmp_
     summary = run(demo_copy / "demo.yaml", options(sandbox, tmp_path, rps=8))
     assert summary.exit_code == 0
     stamps = sandbox.post_times()
-    # Timestamps are taken at the sandbox: one request delayed on its way can land in the
-    # next second's window, so allow one over the rate there.
-    assert max(sum(1 for t in stamps if s <= t < s + 1) for s in stamps) <= 9
+    # Timestamps are taken when the sandbox (a thread of this process, so sharing the GIL)
+    # handles a request, up to ~0.25 s after it was sent. A client that never sends more
+    # than 8 in any second never has more than 8 handled in any 0.75 s, whatever that delay.
+    assert max(sum(1 for t in stamps if s <= t < s + 0.75) for s in stamps) <= 8
     assert stamps[-1] - stamps[0] >= (len(stamps) - 8) / 8
 
 

@@ -20,7 +20,7 @@ from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec
 from avatarbatch.sandbox.render import probe_video
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from conftest import DEMO, TEST_KEY, new_uuid, wait_finished
+from conftest import DEMO, SDK_LEAKS_IGNORED, TEST_KEY, new_uuid, wait_finished
 
 PORTRAIT = (DEMO / "media/presenter.png").read_bytes()
 VOICE = (DEMO / "media/voices/en.mp3").read_bytes()
@@ -186,6 +186,8 @@ async def test_webhook_and_upload_endpoint_are_called(receiver: Receiver) -> Non
     assert puts and all(len(body) > 1000 for body in puts)
 
 
+@SDK_LEAKS_IGNORED
+@pytest.mark.usefixtures("official_sdk_leaks")
 def test_official_sdk_runs_unchanged_against_the_sandbox() -> None:
     """The sandbox serves any client that follows the protocol, such as runware-sdk's REST transport."""
     import asyncio
