@@ -269,7 +269,7 @@ class _Resolver:
         self.document = document
         self.problems = problems
         # Big batches name a few files many times: classify and resolve each once, and let
-        # the jobs share the MediaRef (100,000 rows: 5 s and 40 MB less).
+        # the jobs share the MediaRef (parse_ref was 12% of a profiled 100,000-row rerun).
         self._refs: dict[tuple[str, str, Path], MediaRef] = {}
 
     def _ref(self, text: str, role: str, base_dir: Path) -> MediaRef:

@@ -83,6 +83,17 @@ class ReportData:
     runs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def tally(self) -> None:
+        """Fill counts and totals (overall, by model, by var) from `jobs`."""
+        for row in self.jobs:
+            self.counts[row.status] = self.counts.get(row.status, 0) + 1
+            self.totals.add(row)
+            self.by_model.setdefault(row.model_alias, Totals()).add(row)
+            for name in self.var_names:
+                if name in row.vars:
+                    by_value = self.by_var.setdefault(name, {})
+                    by_value.setdefault(row.vars[name], Totals()).add(row)
+
     def head(self) -> dict[str, Any]:
         """Everything but the jobs, which report.json writes one per line."""
         return {
@@ -199,13 +210,7 @@ def build_report(
         by_var={},
         var_names=var_names,
     )
-    for row in rows:
-        data.counts[row.status] = data.counts.get(row.status, 0) + 1
-        data.totals.add(row)
-        data.by_model.setdefault(row.model_alias, Totals()).add(row)
-        for name in var_names:
-            if name in row.vars:
-                data.by_var.setdefault(name, {}).setdefault(row.vars[name], Totals()).add(row)
+    data.tally()
     runs = store.runs()
     data.runs = len(runs)
     data.run = runs[-1] if runs else None

@@ -73,12 +73,7 @@ def report(*jobs: JobReport) -> ReportData:
         by_var={},
         var_names=var_names,
     )
-    for row in jobs:
-        data.counts[row.status] = data.counts.get(row.status, 0) + 1
-        data.totals.add(row)
-        data.by_model.setdefault(row.model_alias, Totals()).add(row)
-        for name, value in row.vars.items():
-            data.by_var.setdefault(name, {}).setdefault(value, Totals()).add(row)
+    data.tally()
     return data
 
 
