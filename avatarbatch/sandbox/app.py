@@ -115,6 +115,8 @@ class _Api:
                 "invalidRequestBody", "The body must be a JSON array of task objects."
             )
             return _errors([_error_item(error, {})], 400)
+        for task_type in {str(t.get("taskType")) for t in tasks}:
+            engine.posts_with[task_type] += 1
         tasks, authorized = self._authenticate(request, tasks)
         if not authorized:
             error = TaskError("invalidApiKey", "Invalid API key.", "apiKey", 401)
@@ -154,6 +156,10 @@ class _Api:
         return await self._process(request, tasks)
 
     async def _process(self, request: Request, tasks: Items) -> JSONResponse:
+        if self.config.batch_refusal == "whole" and len(tasks) > 1:
+            refusal = self._first_invalid_submission(tasks)
+            if refusal is not None:
+                return _errors([_error_item(refusal, {})], refusal.status)
         data: Items = []
         errors: Items = []
         rejected: list[TaskError] = []
@@ -232,6 +238,14 @@ class _Api:
             return [], [], refusal
         self.engine.accept(task, _base_url(request))
         return [{"taskType": "videoInference", "taskUUID": uuid}], [], None
+
+    def _first_invalid_submission(self, tasks: Items) -> TaskError | None:
+        for task in tasks:
+            if task.get("taskType") == "videoInference":
+                refusal = validation.check_video(task) or self._check_input_uuids(task["inputs"])
+                if refusal is not None:
+                    return refusal
+        return None
 
     def _check_input_uuids(self, inputs: dict[str, Any]) -> TaskError | None:
         for name in ("image", "audio"):
