@@ -10,7 +10,8 @@ most once per attempt, wherever the process died.
 
 Concurrency: a fixed pool of job drivers (no task per row, so 100,000 rows cost no more memory
 than 100), an in-flight gate of `concurrency` tasks submitted and not yet finished at the
-provider, one shared rate limiter inside the client, and one batched poller.
+provider, one shared rate limiter inside the client, one batched poller, and one submit queue that
+sends submissions falling due together in one POST.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from avatarbatch.payloads import video_task
 from avatarbatch.poller import Poller, PollTiming
 from avatarbatch.runware import RunwareClient, TaskState, VideoResult
 from avatarbatch.state import JobRecord, JobStatus, StateStore
+from avatarbatch.submitter import SubmitQueue
 
 log = logging.getLogger("avatarbatch.run")
 
@@ -104,6 +106,7 @@ class Runner:
         self.outcome = Outcome()
         self.budget = Budget(options.max_cost, Decimal(str(state.spend())))
         self.poller = Poller(client, options.poll)
+        self.submissions = SubmitQueue(client)
         self._in_flight = asyncio.Semaphore(options.concurrency)
         self._uploads: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._refreshed: set[tuple[str, str]] = set()
@@ -146,6 +149,7 @@ class Runner:
                 driver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*self._drivers, return_exceptions=True)
+            await self.submissions.aclose()
             await self.poller.aclose()
         return self.outcome
 
@@ -269,7 +273,7 @@ class Runner:
             )
         await self.hooks.checkpoint("submit:before", job.id)
         try:
-            await self.client.submit(video_task(job, image, audio, task_uuid))
+            await self.submissions.submit(video_task(job, image, audio, task_uuid))
         except ConflictError:
             log.info("job %s: task %s already accepted earlier; polling it", job.id, task_uuid)
         except TransientError as exc:

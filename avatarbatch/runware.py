@@ -28,7 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base
 
 from avatarbatch import __version__, apierrors
-from avatarbatch.errors import ApiError, RejectedError, TransientError
+from avatarbatch.errors import ApiError, ConflictError, RejectedError, TransientError
 
 log = logging.getLogger("avatarbatch.runware")
 
@@ -47,7 +47,8 @@ class ClientSettings(BaseModel):
 
     api_url: str = DEFAULT_API_URL
     api_key: SecretStr
-    poll_batch: int = Field(50, ge=1, le=500)
+    #: tasks per POST when polling (getResponse) or submitting (videoInference) many at once
+    batch_size: int = Field(50, ge=1, le=500)
     max_attempts: int = Field(6, ge=1)
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
@@ -169,13 +170,28 @@ class RunwareClient:
         Returns once the API acknowledged it. ConflictError means the UUID is already known,
         for instance because an earlier attempt landed but its answer was lost: poll it.
         """
-        await self._single(task)
+        refused = (await self.submit_many([task]))[task["taskUUID"]]
+        if refused is not None:
+            raise refused
+
+    async def submit_many(self, tasks: Sequence[dict[str, Any]]) -> dict[str, ApiError | None]:
+        """Submit several tasks, `batch_size` per POST: each task's refusal, or None if accepted.
+
+        The API handles every task of a POST on its own, so one task's refusal (a conflict, an
+        invalid field) is returned for that task alone. A failure of the request as a whole
+        (transient after retries, auth, credit) raises, and then applies to every task in it.
+        """
+        outcomes: dict[str, ApiError | None] = {}
+        size = self._settings.batch_size
+        for start in range(0, len(tasks), size):
+            outcomes.update(await self._submit_batch(tasks[start : start + size]))
+        return outcomes
 
     async def poll(self, task_uuids: Iterable[str]) -> dict[str, TaskState]:
-        """The state of many tasks, asked in batches of `poll_batch` getResponse tasks per POST."""
+        """The state of many tasks, asked in batches of `batch_size` getResponse tasks per POST."""
         uuids = list(dict.fromkeys(task_uuids))
         states: dict[str, TaskState] = {}
-        size = self._settings.poll_batch
+        size = self._settings.batch_size
         for start in range(0, len(uuids), size):
             states.update(await self._poll_batch(uuids[start : start + size]))
         return states
@@ -211,6 +227,46 @@ class RunwareClient:
             code="unrecognizedResponse",
             task_uuid=uuid,
         )
+
+    async def _submit_batch(self, tasks: Sequence[dict[str, Any]]) -> dict[str, ApiError | None]:
+        try:
+            data, refusals = await self._submitted(tasks)
+        except (RejectedError, ConflictError):
+            if len(tasks) == 1:
+                raise
+            # Refused as a whole without naming a task: one bad task must not fail the others,
+            # so each goes again on its own (a refused request created nothing to pay for).
+            one_by_one: dict[str, ApiError | None] = {}
+            for task in tasks:
+                one_by_one.update(await self._submit_batch([task]))
+            return one_by_one
+        accepted = {str(item.get("taskUUID")) for item in data}
+        outcomes: dict[str, ApiError | None] = {}
+        for task in tasks:
+            uuid = task["taskUUID"]
+            if uuid in refusals:
+                outcomes[uuid] = refusals[uuid]
+            elif uuid in accepted:
+                outcomes[uuid] = None
+            else:  # it may or may not have landed: the caller asks getResponse later
+                outcomes[uuid] = TransientError(
+                    f"Runware: the answer to {task['taskType']} held no item for its task",
+                    code="unrecognizedResponse",
+                    task_uuid=uuid,
+                )
+        return outcomes
+
+    async def _submitted(
+        self, tasks: Sequence[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], dict[str, ApiError]]:
+        """The items of the answer, and the refusal tied to each refused task."""
+        data, errors = await self._post(list(tasks))
+        refusals: dict[str, ApiError] = {}
+        for error in errors:
+            if error.task_uuid is None:
+                raise error  # an error for the request as a whole
+            refusals.setdefault(error.task_uuid, error)
+        return data, refusals
 
     async def _poll_batch(self, uuids: Sequence[str]) -> dict[str, TaskState]:
         tasks = [{"taskType": "getResponse", "taskUUID": uuid} for uuid in uuids]

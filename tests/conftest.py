@@ -151,6 +151,7 @@ from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
 
+from avatarbatch import catalog  # noqa: E402
 from avatarbatch.runware import ClientSettings, RunwareClient, TaskState  # noqa: E402
 from avatarbatch.sandbox.app import create_app  # noqa: E402
 from avatarbatch.sandbox.config import SandboxConfig  # noqa: E402
@@ -166,6 +167,30 @@ MakeClient = Callable[..., Awaitable[tuple[RunwareClient, Engine]]]
 
 def new_uuid() -> str:
     return str(_uuid.uuid4())
+
+
+PORTRAIT = (DEMO / "media/presenter.png").read_bytes()
+VOICE = (DEMO / "media/voices/en.mp3").read_bytes()
+
+
+async def uploads(client: RunwareClient) -> tuple[str, str]:
+    """Upload the demo portrait and voice; their UUIDs."""
+    image = await client.upload_image(PORTRAIT, "image/png", new_uuid())
+    audio = await client.upload_media(VOICE, "audio/mpeg", new_uuid())
+    return image.uuid, audio.uuid
+
+
+def video_task(image: str, audio: str, **fields: Any) -> dict[str, Any]:
+    """A videoInference task as avatarbatch sends it, with a fresh UUID."""
+    return {
+        "taskType": "videoInference",
+        "taskUUID": new_uuid(),
+        "model": catalog.STANDARD.id,
+        "inputs": {"image": image, "audio": audio},
+        "deliveryMethod": "async",
+        "includeCost": True,
+        **fields,
+    }
 
 
 @pytest.fixture

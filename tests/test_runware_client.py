@@ -22,32 +22,21 @@ from avatarbatch.errors import (
 from avatarbatch.runware import ClientSettings, RunwareClient
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec
-from conftest import DEMO, FAST, TEST_KEY, MakeClient, new_uuid, wait_finished, wav_bytes
-
-PORTRAIT = (DEMO / "media/presenter.png").read_bytes()
-VOICE = (DEMO / "media/voices/en.mp3").read_bytes()
+from conftest import (
+    FAST,
+    PORTRAIT,
+    TEST_KEY,
+    MakeClient,
+    new_uuid,
+    uploads,
+    video_task,
+    wait_finished,
+    wav_bytes,
+)
 
 
 def faulty(spec: str, **overrides: Any) -> SandboxConfig:
     return FAST.model_copy(update={"faults": FaultSpec.parse(spec), "retry_after": 0, **overrides})
-
-
-async def uploads(client: RunwareClient) -> tuple[str, str]:
-    image = await client.upload_image(PORTRAIT, "image/png", new_uuid())
-    audio = await client.upload_media(VOICE, "audio/mpeg", new_uuid())
-    return image.uuid, audio.uuid
-
-
-def video_task(image: str, audio: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "taskType": "videoInference",
-        "taskUUID": new_uuid(),
-        "model": catalog.STANDARD.id,
-        "inputs": {"image": image, "audio": audio},
-        "deliveryMethod": "async",
-        "includeCost": True,
-        **fields,
-    }
 
 
 @pytest.mark.parametrize("model", [catalog.STANDARD, catalog.PRO])
