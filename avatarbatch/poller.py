@@ -27,17 +27,18 @@ log = logging.getLogger("avatarbatch.poller")
 @dataclass(frozen=True)
 class PollTiming:
     initial: float = 1.0  #: first check while nothing has been learnt yet
-    # Bench scenario A (200 tasks of 3 s, concurrency 16) tried 0.98/0.03/0.05 for
-    # early/step/window: wall 42.0-42.2 s against 42.0-42.1 s (ideal 39 s, noise +-0.3 s),
-    # but 1.26-1.32 POSTs per job against 1.24-1.25. So these stay.
-    early: float = 0.95  #: first check at this fraction of the expected render time
-    step: float = 0.05  #: re-check interval as a fraction of the expected render time
-    min_interval: float = 0.1
+    # Submissions share POSTs (submitter.py), so polls can be frequent: bench scenario A (200
+    # tasks of 3 s, concurrency 16) went from 0.15 s to 0.05 s between a render's end and the
+    # poll that saw it, with 0.95/0.05/0.1 before, at 0.5 POSTs per job in all.
+    early: float = 0.98  #: first check at this fraction of the expected render time
+    step: float = 0.02  #: re-check interval as a fraction of the expected render time
+    min_interval: float = 0.05
     max_interval: float = 10.0
     growth: float = 1.5  #: each further miss waits this much longer
-    window: float = 0.1  #: tasks due within this fraction of their expected time share a POST
+    window: float = 0.02  #: tasks due within this fraction of their expected time share a POST
     smoothing: float = 0.3  #: weight of the newest observation
     blind_step: float = 0.15  #: re-check after this share of the wait, before anything is learnt
+    blind_min: float = 0.25  #: and at least this long
 
 
 class RenderTimeEstimate:
@@ -77,11 +78,11 @@ class RenderTimeEstimate:
 class _Watch:
     future: asyncio.Future[TaskState]
     expected: int
-    seconds: float
+    seconds: float  #: audio seconds, what the render time is predicted from
     started: float
-    due: float
-    interval: float
-    window: float
+    due: float = 0.0
+    interval: float = 0.0  #: 0 while nothing has been learnt: blind re-checks
+    window: float = 0.0
     last_miss: float | None = None
 
 
@@ -105,20 +106,13 @@ class Poller:
         self, task_uuid: str, expected_results: int, audio_seconds: float | None
     ) -> asyncio.Future[TaskState]:
         """A future resolved with the task's final state; starts the polling loop if needed."""
-        timing = self._timing
         now = self._clock()
-        seconds = audio_seconds or 10.0
-        predicted = self.estimate.predict(seconds)
-        if predicted is None:  # nothing learnt yet: check every task in flight together
-            first, interval, window = timing.initial, 0.0, timing.initial
-        else:
-            first = predicted * timing.early
-            interval = max(timing.min_interval, predicted * timing.step)
-            window = max(timing.min_interval, predicted * timing.window)
         future: asyncio.Future[TaskState] = asyncio.get_running_loop().create_future()
-        self._watches[task_uuid] = _Watch(
-            future, expected_results, seconds, now, now + first, interval, window
-        )
+        watch = _Watch(future, expected_results, audio_seconds or 10.0, now)
+        if not self._plan(watch, now):  # nothing learnt yet: check every task in flight together
+            watch.due = now + self._timing.initial
+            watch.window = self._timing.blind_min
+        self._watches[task_uuid] = watch
         self._changed.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop(), name="avatarbatch-poller")
@@ -179,7 +173,8 @@ class Poller:
                 if watch is not None and not watch.future.done():
                     watch.future.set_exception(exc)
             return
-        for uuid in due:
+        missed = []
+        for uuid in due:  # the finished first, so the misses are rescheduled by what they taught
             watch = self._watches.get(uuid)
             if watch is None:
                 continue
@@ -190,15 +185,30 @@ class Poller:
                 if not watch.future.done():
                     watch.future.set_result(state)
             else:
-                watch.last_miss = now
-                self._reschedule(watch, now)
+                missed.append(watch)
+        for watch in missed:
+            watch.last_miss = now
+            self._reschedule(watch, now)
+
+    def _plan(self, watch: _Watch, now: float) -> bool:
+        """Time the checks of `watch` by the expected render time, if one has been learnt."""
+        timing = self._timing
+        predicted = self.estimate.predict(watch.seconds)
+        if predicted is None:
+            return False
+        watch.interval = max(timing.min_interval, predicted * timing.step)
+        watch.window = max(timing.min_interval, predicted * timing.window)
+        watch.due = max(now, watch.started + predicted * timing.early)
+        return True
 
     def _reschedule(self, watch: _Watch, now: float) -> None:
         timing = self._timing
         if not watch.interval:
+            if self._plan(watch, now + timing.min_interval):
+                return  # something finished meanwhile: from now on, checks follow the estimate
             # No expectation yet: look again after a fixed share of the time waited so far,
             # so a 3 s render is seen within ~0.5 s and a 3 min one within ~30 s.
-            watch.due = now + max(0.5, (now - watch.started) * timing.blind_step)
+            watch.due = now + max(timing.blind_min, (now - watch.started) * timing.blind_step)
             return
         watch.due = now + watch.interval
         watch.interval = min(timing.max_interval, watch.interval * timing.growth)
