@@ -38,6 +38,7 @@ MODELS: tuple[AvatarModel, ...] = (STANDARD, PRO)
 DEFAULT_MODEL = STANDARD
 
 _BY_NAME = {name.lower(): m for m in MODELS for name in (m.id, m.alias)}
+_BY_ID = {m.id: m for m in MODELS}
 
 
 def find_model(name: str) -> AvatarModel | None:
@@ -47,7 +48,7 @@ def find_model(name: str) -> AvatarModel | None:
 
 def model_by_id(model_id: str) -> AvatarModel:
     """The model with this exact id; a KeyError means a bug, since ids come from find_model."""
-    return next(m for m in MODELS if m.id == model_id)
+    return _BY_ID[model_id]
 
 
 # Input limits (Kling's avatar API). Sizes are decimal megabytes: the stricter reading of
