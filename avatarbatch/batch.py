@@ -34,7 +34,7 @@ from avatarbatch.runner import Hooks, Outcome, Runner, RunOptions
 from avatarbatch.runware import DEFAULT_API_URL, ClientSettings, RunwareClient, make_http_client
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import running_sandbox
-from avatarbatch.state import JobSpec, JobStatus, StateStore
+from avatarbatch.state import JobOverview, JobSpec, JobStatus, StateStore
 
 log = logging.getLogger("avatarbatch.run")
 
@@ -126,14 +126,15 @@ async def run_batch(
     with state_lock(path):
         store = StateStore.open(path)
         try:
+            overview: dict[str, JobOverview] | None = None
             try:
-                summary = await _run_planned(
+                summary, overview = await _run_planned(
                     checked_manifest, store, out, path, options, hooks, handle_signals, on_runner
                 )
             finally:
                 # Written however the run ended; by now the plan is gone, which matters to
                 # the peak memory of a 100,000-job batch.
-                report = _reports(manifest, store, out)
+                report = _reports(manifest, store, out, overview)
             summary.report = report
         finally:
             store.close()
@@ -149,8 +150,11 @@ async def _run_planned(
     hooks: Hooks | None,
     handle_signals: bool,
     on_runner: Callable[[Runner], None] | None,
-) -> RunSummary:
-    """Plan against the state file, register, run what is left, record the run's summary."""
+) -> tuple[RunSummary, dict[str, JobOverview]]:
+    """Plan against the state file, register, run what is left, record the run's summary.
+
+    Also returns the jobs as the state file has them at the end, for the reports.
+    """
     manifest = checked_manifest.manifest
     assert manifest is not None
     plan = build_plan(manifest.jobs, checked_manifest.media, store.planning_view())
@@ -168,14 +172,15 @@ async def _run_planned(
                 checked_manifest, plan, store, out, options, hooks, handle_signals, on_runner
             )
     finally:
-        summary = summarize(store, plan, outcome, out, path)
+        overview = store.overview()
+        summary = summarize(overview, plan, outcome, out, path)
         store.finish_run(
             run_id,
             outcome=_outcome_word(summary.exit_code),
             exit_code=summary.exit_code,
             summary=summary.as_dict(),
         )
-    return summary
+    return summary, overview
 
 
 def _check_writable(folder: Path) -> None:
@@ -246,10 +251,12 @@ async def _execute(
                 return runner.outcome
 
 
-def _reports(manifest: Manifest, store: StateStore, out: Path) -> str:
+def _reports(
+    manifest: Manifest, store: StateStore, out: Path, overview: dict[str, JobOverview] | None
+) -> str:
     """Write the report files; a failure to write them must not hide the run's outcome."""
     try:
-        return summary_markdown(write_reports(manifest, store, out))
+        return summary_markdown(write_reports(manifest, store, out, overview))
     except OSError as exc:
         log.error("could not write the reports into %s: %s", out, exc)
         return ""
@@ -345,8 +352,9 @@ def run_manifest(
     return asyncio.run(run_batch(Path(manifest), options))
 
 
-def summarize(store: StateStore, plan: Plan, outcome: Outcome, out: Path, path: Path) -> RunSummary:
-    records = store.overview()
+def summarize(
+    records: dict[str, JobOverview], plan: Plan, outcome: Outcome, out: Path, path: Path
+) -> RunSummary:
     ids = [p.job.id for p in plan.jobs]
     done = sum(1 for i in ids if records[i].status is JobStatus.DONE)
     failed = sum(1 for i in ids if records[i].status is JobStatus.FAILED)

@@ -22,7 +22,7 @@ from avatarbatch.jsonlines import json_with_item_lines
 from avatarbatch.manifest import Job, Manifest
 from avatarbatch.media import MediaRef
 from avatarbatch.reportdata import JobReport, ReportData, Totals, build_report
-from avatarbatch.state import StateStore
+from avatarbatch.state import JobOverview, StateStore
 
 log = logging.getLogger("avatarbatch.report")
 
@@ -31,14 +31,23 @@ REPORT_FILES = ("cost_report.csv", "report.json", "report.md", "index.html", "fa
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def write_reports(manifest: Manifest, store: StateStore, output_dir: Path) -> ReportData:
-    """Write every report file into `output_dir`; returns the data they were made from."""
+def write_reports(
+    manifest: Manifest,
+    store: StateStore,
+    output_dir: Path,
+    overview: dict[str, JobOverview] | None = None,
+) -> ReportData:
+    """Write every report file into `output_dir`; returns the data they were made from.
+
+    `overview`: the state file's jobs, if the caller has just read them.
+    """
     data = build_report(
         manifest.jobs,
         store,
         manifest=str(manifest.path),
         manifest_sha256=manifest.sha256,
         output_dir=output_dir,
+        overview=overview,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     _write(output_dir / "cost_report.csv", cost_csv_lines(data))

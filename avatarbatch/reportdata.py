@@ -192,9 +192,10 @@ def build_report(
     manifest: str,
     manifest_sha256: str,
     output_dir: Path,
+    overview: dict[str, JobOverview] | None = None,
 ) -> ReportData:
     """The report of the manifest's jobs as the state file knows them now."""
-    records = store.overview()
+    records = store.overview() if overview is None else overview
     relative = RelativeTo(output_dir)
     rows = [job_report(job, records.get(job.id), relative) for job in jobs]
     var_names = sorted({name for job in jobs for name in job.vars})
