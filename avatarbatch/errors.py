@@ -78,6 +78,23 @@ class ApiError(AvatarBatchError):
             f"parameter={self.parameter!r})"
         )
 
+    def for_task(self, task_uuid: str) -> ApiError:
+        """The same error, as a new exception tied to one task of a request that failed.
+
+        Each task's caller raises an exception of its own: one object raised in several
+        tasks at once would have its traceback and context overwritten by each.
+        """
+        twin = type(self)(
+            self.message,
+            status=self.status,
+            code=self.code,
+            parameter=self.parameter,
+            task_uuid=task_uuid,
+            retry_after=self.retry_after,
+        )
+        twin.__cause__ = self.__cause__
+        return twin
+
 
 class TransientError(ApiError):
     category = "transient"

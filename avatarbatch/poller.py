@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from avatarbatch.errors import TransientError
+from avatarbatch.errors import ApiError, TransientError
 from avatarbatch.runware import RunwareClient, TaskState
 
 log = logging.getLogger("avatarbatch.poller")
@@ -171,7 +171,9 @@ class Poller:
             for uuid in due:
                 watch = self._watches.pop(uuid, None)
                 if watch is not None and not watch.future.done():
-                    watch.future.set_exception(exc)
+                    watch.future.set_exception(
+                        exc.for_task(uuid) if isinstance(exc, ApiError) else exc
+                    )
             return
         missed = []
         for uuid in due:  # the finished first, so the misses are rescheduled by what they taught

@@ -277,8 +277,8 @@ class Runner:
         except ConflictError:
             log.info("job %s: task %s already accepted earlier; polling it", job.id, task_uuid)
         except TransientError as exc:
-            # It may have landed: leave it `submitting`; the next run asks getResponse.
-            self.budget.release(job.id)
+            # It may have landed: leave it `submitting`; the next run asks getResponse. It may
+            # be billed, too, so its reservation stays: --max-cost holds even then.
             log.warning(
                 "job %s: submit did not get through (%s); the next run checks it", job.id, exc
             )

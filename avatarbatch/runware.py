@@ -175,17 +175,15 @@ class RunwareClient:
             raise refused
 
     async def submit_many(self, tasks: Sequence[dict[str, Any]]) -> dict[str, ApiError | None]:
-        """Submit several tasks, `batch_size` per POST: each task's refusal, or None if accepted.
+        """Submit several tasks, `batch_size` per POST: each task's error, or None if accepted.
 
-        The API handles every task of a POST on its own, so one task's refusal (a conflict, an
-        invalid field) is returned for that task alone. A failure of the request as a whole
-        (transient after retries, auth, credit) raises, and then applies to every task in it.
+        Never raises an ApiError: each task gets its own outcome. The API handles every task
+        of a POST on its own, so one task's refusal (a conflict, an invalid field) is that
+        task's alone. A failure of a POST as a whole (transient after retries, auth, credit)
+        is the outcome of each task in it, and of those not sent after it: a TransientError
+        leaves them uncertain, and the caller asks getResponse before submitting them again.
         """
-        outcomes: dict[str, ApiError | None] = {}
-        size = self._settings.batch_size
-        for start in range(0, len(tasks), size):
-            outcomes.update(await self._submit_batch(tasks[start : start + size]))
-        return outcomes
+        return await self._submit_in_chunks(tasks, self._settings.batch_size)
 
     async def poll(self, task_uuids: Iterable[str]) -> dict[str, TaskState]:
         """The state of many tasks, asked in batches of `batch_size` getResponse tasks per POST."""
@@ -228,18 +226,28 @@ class RunwareClient:
             task_uuid=uuid,
         )
 
+    async def _submit_in_chunks(
+        self, tasks: Sequence[dict[str, Any]], size: int
+    ) -> dict[str, ApiError | None]:
+        outcomes: dict[str, ApiError | None] = {}
+        for start in range(0, len(tasks), size):
+            try:
+                outcomes.update(await self._submit_batch(tasks[start : start + size]))
+            except ApiError as exc:
+                for task in tasks[start:]:
+                    outcomes[task["taskUUID"]] = exc.for_task(task["taskUUID"])
+                break
+        return outcomes
+
     async def _submit_batch(self, tasks: Sequence[dict[str, Any]]) -> dict[str, ApiError | None]:
         try:
             data, refusals = await self._submitted(tasks)
-        except (RejectedError, ConflictError):
+        except (RejectedError, ConflictError) as exc:
             if len(tasks) == 1:
-                raise
+                return {tasks[0]["taskUUID"]: exc}
             # Refused as a whole without naming a task: one bad task must not fail the others,
             # so each goes again on its own (a refused request created nothing to pay for).
-            one_by_one: dict[str, ApiError | None] = {}
-            for task in tasks:
-                one_by_one.update(await self._submit_batch([task]))
-            return one_by_one
+            return await self._submit_in_chunks(tasks, 1)
         accepted = {str(item.get("taskUUID")) for item in data}
         outcomes: dict[str, ApiError | None] = {}
         for task in tasks:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 from dataclasses import dataclass
 from typing import Any
 
+from avatarbatch.errors import TransientError
 from avatarbatch.runware import RunwareClient
 
 
@@ -30,7 +30,7 @@ class SubmitQueue:
         self._client = client
         self._waiting: list[_Pending] = []
         self._sender: asyncio.Task[None] | None = None
-        self.posts = 0  #: submit POSTs sent, for tests and the log
+        self.batches = 0  #: batches sent (a batch over the client's batch_size is several POSTs)
 
     async def submit(self, task: dict[str, Any]) -> None:
         """Submit one task; raises what `RunwareClient.submit` would raise for it alone."""
@@ -48,29 +48,44 @@ class SubmitQueue:
             raise
 
     async def aclose(self) -> None:
+        """Stop sending; whoever still waits learns that its submission is uncertain."""
         if self._sender is not None:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
+        self._interrupt(self._waiting)
+        self._waiting = []
 
     async def _send_waiting(self) -> None:
         while self._waiting:
             # One turn of the event loop lets the other drivers woken by the same poll join.
             await asyncio.sleep(0)
             batch, self._waiting = self._waiting, []
-            self.posts += 1
+            if not batch:  # every one of them was withdrawn meanwhile
+                continue
+            self.batches += 1
             try:
                 outcomes = await self._client.submit_many([p.task for p in batch])
             except asyncio.CancelledError:
-                for pending in batch:
-                    pending.outcome.cancel()
+                self._interrupt(batch)
                 raise
-            except Exception as exc:  # the request as a whole failed, so each task in it did
+            except Exception as exc:  # a bug, not an API answer: each of them shows it
                 for pending in batch:
-                    _settle(pending, copy.copy(exc))
+                    _settle(pending, exc)
                 continue
             for pending in batch:
                 _settle(pending, outcomes[pending.task["taskUUID"]])
+
+    @staticmethod
+    def _interrupt(pending: list[_Pending]) -> None:
+        for each in pending:
+            uuid = each.task["taskUUID"]
+            _settle(
+                each,
+                TransientError(
+                    "the submission was interrupted before its answer came", task_uuid=uuid
+                ),
+            )
 
 
 def _settle(pending: _Pending, error: BaseException | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -461,3 +462,15 @@ async def test_the_key_never_reaches_a_log_line_or_error(
     messages.append(str(caught.value) + repr(caught.value))
     assert caplog.records
     assert secret not in caplog.text and all(secret not in m for m in messages)
+
+
+async def test_tasks_beyond_the_render_slots_wait_their_turn(sandbox: MakeClient) -> None:
+    # The render clock starts when a slot takes the task, not when it was accepted: with one
+    # slot, the third of three 0.3 s renders ends after about 0.9 s.
+    client, _ = await sandbox(FAST.model_copy(update={"fixed_latency": 0.3, "workers": 1}))
+    image, audio = await uploads(client)
+    tasks = [video_task(image, audio) for _ in range(3)]
+    started = time.monotonic()
+    assert all(outcome is None for outcome in (await client.submit_many(tasks)).values())
+    await wait_finished(client, tasks[2]["taskUUID"])
+    assert time.monotonic() - started >= 0.85

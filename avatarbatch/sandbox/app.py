@@ -156,7 +156,7 @@ class _Api:
         return await self._process(request, tasks)
 
     async def _process(self, request: Request, tasks: Items) -> JSONResponse:
-        if self.config.batch_refusal == "whole" and len(tasks) > 1:
+        if self.config.batch_refusal == "whole":
             refusal = self._first_invalid_submission(tasks)
             if refusal is not None:
                 return _errors([_error_item(refusal, {})], refusal.status)

@@ -33,7 +33,7 @@ class SandboxConfig(BaseModel):
     #: grow every MP4/MOV result to this many bytes with a trailing `free` box (a sparse
     #: file, so it costs no disk), to show what large downloads do to a client's memory
     video_bytes: int | None = Field(None, ge=0, lt=2**32)
-    #: how a POST holding an invalid videoInference among others is refused: each task on its
-    #: own (what Runware documents), or the whole request with one error naming no task (what
-    #: an API may do too: the protocol leaves it unconfirmed, and clients must cope with both)
+    #: how a POST holding an invalid videoInference is refused: each task on its own (what
+    #: Runware documents), or the whole request with one error naming no task, even when it
+    #: held one task (what an API may do too: the protocol leaves it unconfirmed)
     batch_refusal: Literal["per_task", "whole"] = "per_task"

@@ -157,6 +157,10 @@ class Engine:
                 self._queue.task_done()
 
     async def _render_task(self, task: Task) -> None:
+        # The simulated time runs from the moment a render slot takes the task, as a provider's
+        # would: the sandbox's own work (probing inputs while 15 other submissions arrive) must
+        # not stretch every render, and a task that queued for a slot still waits its turn.
+        started = time.monotonic()
         try:
             portrait, audio, seconds = await self._inputs(task)
         except store.InputError as exc:
@@ -165,13 +169,11 @@ class Engine:
         task.seconds = seconds
         render_time = self.config.fixed_latency + self.config.latency * seconds
         if self.faults.hits("task_error", task.uuid):
-            await asyncio.sleep(render_time / 2)
+            await asyncio.sleep(started + render_time / 2 - time.monotonic())
             code = FAILED_GENERATION_CODES[self.faults.choice("task_error", task.uuid, 2)]
             self._fail(task, code, "The provider failed to generate this video (injected fault).")
             return
-        # The simulated time runs from acceptance, as a provider's would: the sandbox's own work
-        # (probing inputs while 15 other submissions arrive) must not stretch every render.
-        ready_at = task.accepted_at + render_time
+        ready_at = started + render_time
         for index, result in enumerate(task.results):
             ready_at += 0 if index == 0 else render_time * 0.1
             delay = ready_at - time.monotonic()
