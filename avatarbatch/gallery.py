@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from html import escape
 from pathlib import PurePosixPath
 from string import Template
@@ -28,31 +29,101 @@ STATUS_FILTERS = ("done", "failed", "other")
 CHART_WIDTH, LABEL_WIDTH, VALUE_WIDTH, ROW_HEIGHT, BAR_HEIGHT = 420, 110, 92, 24, 14
 
 
+PAGE_SIZE = 1000  #: cards per page: browsers cope with about this many <video> elements
+PAGES_DIR = "gallery"  #: pages after the first, in the output folder
+
+
+@dataclass(frozen=True)
+class GalleryPage:
+    path: str  #: relative to the output folder: index.html, then gallery/page-2.html...
+    chunks: Iterator[str]
+
+
 def render_gallery(data: ReportData) -> str:
-    """The complete index.html for `data`."""
-    return "".join(gallery_chunks(data))
+    """The complete index.html for `data`, if it fits on one page (tests, small batches)."""
+    return "".join(next(gallery_pages(data)).chunks)
 
 
-def gallery_chunks(data: ReportData) -> Iterator[str]:
-    """index.html piece by piece, so 100,000 cards are never one string in memory."""
+def page_path(number: int) -> str:
+    return "index.html" if number == 1 else f"{PAGES_DIR}/page-{number}.html"
+
+
+def gallery_pages(data: ReportData, page_size: int | None = None) -> Iterator[GalleryPage]:
+    """index.html and, past `page_size` jobs, further pages, each produced piece by piece.
+
+    A batch of 100,000 jobs made one 71 MB page that no browser could open. Every page
+    carries the whole batch's summary and charts; its filters act on its own cards.
+    """
     slugs = _var_slugs(data.var_names)
-    videos = sum(len(job.outputs) for job in data.jobs)
+    shared = {
+        "title": escape(f"{PurePosixPath(data.manifest).name} · avatarbatch gallery"),
+        "css": CSS,
+        "script": SCRIPT,
+        "header": _header(data),
+        "charts": _charts(data),
+        "filters": _filters(data, slugs),
+        "empty": "" if data.jobs else '<p class="empty">This manifest has no jobs.</p>',
+    }
+    page_size = page_size or PAGE_SIZE
+    count = max(1, -(-len(data.jobs) // page_size))
+    for number in range(1, count + 1):
+        start = (number - 1) * page_size
+        jobs = data.jobs[start : start + page_size]
+        pager = _pager(number, count, start + 1, len(jobs), len(data.jobs))
+        up = "" if number == 1 else "../"  # later pages sit one folder down
+        yield GalleryPage(page_path(number), _page_chunks(jobs, data, slugs, shared, pager, up))
+
+
+def _page_chunks(
+    jobs: list[JobReport],
+    data: ReportData,
+    slugs: dict[str, str],
+    shared: dict[str, str],
+    pager: str,
+    up: str,
+) -> Iterator[str]:
+    """One page piece by piece, so its cards are never one string in memory."""
     page = PAGE.substitute(
-        title=escape(f"{PurePosixPath(data.manifest).name} · avatarbatch gallery"),
-        css=CSS,
-        script=SCRIPT,
-        videos_total=videos,
-        header=_header(data),
-        charts=_charts(data),
-        filters=_filters(data, slugs),
+        shared,
+        videos_total=sum(len(job.outputs) for job in jobs),
+        pager=pager,
         cards=CARDS_MARK,
-        empty="" if data.jobs else '<p class="empty">This manifest has no jobs.</p>',
     )
     before, _, after = page.partition(CARDS_MARK)
     yield before
-    for position, job in enumerate(data.jobs):
-        yield ("\n" if position else "") + _card(job, data.var_names, slugs)
+    for position, job in enumerate(jobs):
+        yield ("\n" if position else "") + _card(job, data.var_names, slugs, up)
     yield after
+
+
+def _pager(number: int, count: int, first_job: int, on_page: int, total_jobs: int) -> str:
+    if count == 1:
+        return ""
+
+    def link(target: int, text: str) -> str:
+        if target == number:
+            return f'<b aria-current="page">{text}</b>'
+        if number == 1:
+            href = page_path(target)
+        else:
+            href = "../index.html" if target == 1 else PurePosixPath(page_path(target)).name
+        return f'<a href="{href}">{text}</a>'
+
+    shown = sorted({1, count, *range(max(1, number - 3), min(count, number + 3) + 1)})
+    links: list[str] = []
+    for previous, target in zip([0, *shown], shown, strict=False):
+        if target - previous > 1:
+            links.append("<span>…</span>")
+        links.append(link(target, str(target)))
+    if number > 1:
+        links.insert(0, link(number - 1, "« previous"))
+    if number < count:
+        links.append(link(number + 1, "next »"))
+    return (
+        f'<nav class="pager" data-page="{number}" data-pages="{count}">'
+        f"<p>Page {number} of {count}: jobs {first_job:,} to {first_job + on_page - 1:,} "
+        f"of {total_jobs:,}. The filters act on this page.</p>{' '.join(links)}</nav>"
+    )
 
 
 # --- header and charts ------------------------------------------------------------------------
@@ -157,7 +228,8 @@ def _escaped_label(text: str) -> str:
     return escape(text)
 
 
-def _card(job: JobReport, var_names: list[str], slugs: dict[str, str]) -> str:
+def _card(job: JobReport, var_names: list[str], slugs: dict[str, str], up: str = "") -> str:
+    """One job's card; `up` leads from the page's folder back to the output folder."""
     group = _status_group(job.status)
     attrs = "".join(
         f' data-var-{slugs[name]}="{_escaped_label(job.vars[name])}"'
@@ -170,7 +242,7 @@ def _card(job: JobReport, var_names: list[str], slugs: dict[str, str]) -> str:
     )
     expected = "" if job.audio_seconds is None else str(round(job.audio_seconds, 3))
     job_id = escape(job.id)
-    hrefs = [escape(quote(path, safe="/")) for path in job.outputs]
+    hrefs = [escape(quote(up + path, safe="/")) for path in job.outputs]
     media = (
         "".join(
             # `#t=0.5`: browsers then show a frame of the video instead of a black box.
@@ -252,7 +324,7 @@ CSS = """
 [hidden] { display: none !important; }
 body { margin: 0; background: var(--bg); color: var(--text); font: 14px/1.45 system-ui,
   -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-header, .charts, .filters, main { max-width: 1400px; margin: 0 auto; padding: 0 24px; }
+header, .charts, .filters, .pager, main { max-width: 1400px; margin: 0 auto; padding: 0 24px; }
 header { padding-top: 20px; }
 header p { margin: 0; }
 h1 { margin: 0 0 2px; font-size: 22px; }
@@ -279,6 +351,10 @@ h1 small { font-size: 13px; font-weight: 500; color: var(--muted); margin-left: 
 .chart .bar.est { fill: #a9c1dc; }
 .chart .value { fill: var(--muted); }
 .filters { display: flex; flex-wrap: wrap; align-items: center; gap: 12px; margin: 18px auto; }
+.pager { margin: 0 auto 18px; color: var(--muted); }
+.pager p { margin: 0 0 4px; }
+.pager a, .pager b { display: inline-block; padding: 2px 6px; }
+.pager a { color: var(--accent); }
 .status-filter { display: inline-flex; border: 1px solid var(--line); border-radius: 8px;
   overflow: hidden; background: var(--card); }
 .status-filter button { border: 0; border-right: 1px solid var(--line); background: none;
@@ -390,6 +466,7 @@ PAGE = Template("""<!doctype html>
 <header>$header</header>
 <section class="charts">$charts</section>
 <nav class="filters">$filters</nav>
+$pager
 <main>
 $cards
 </main>

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from avatarbatch.gallery import gallery_chunks
+from avatarbatch.gallery import PAGES_DIR, gallery_pages
 from avatarbatch.jsonlines import json_with_item_lines
 from avatarbatch.manifest import Job, Manifest
 from avatarbatch.media import MediaRef
@@ -53,7 +53,7 @@ def write_reports(
     _write(output_dir / "cost_report.csv", cost_csv_lines(data))
     _write(output_dir / "report.json", report_json(data))
     _write(output_dir / "report.md", summary_markdown(data))
-    _write(output_dir / "index.html", gallery_chunks(data))
+    _write_gallery(output_dir, data)
     failed = [
         job for job, row in zip(manifest.jobs, data.jobs, strict=True) if row.status == "failed"
     ]
@@ -63,6 +63,19 @@ def write_reports(
     else:
         failures.unlink(missing_ok=True)
     return data
+
+
+def _write_gallery(output_dir: Path, data: ReportData) -> None:
+    written: set[Path] = set()
+    for page in gallery_pages(data):
+        path = output_dir / page.path
+        path.parent.mkdir(exist_ok=True)
+        _write(path, page.chunks)
+        written.add(path)
+    # Pages left by an earlier, longer report would show jobs no longer in the manifest.
+    for stale in (output_dir / PAGES_DIR).glob("page-*.html"):
+        if stale not in written:
+            stale.unlink()
 
 
 def _write(path: Path, text: str | Iterable[str]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from avatarbatch.gallery import render_gallery
+from avatarbatch.gallery import gallery_pages, render_gallery
 from avatarbatch.reportdata import JobReport, ReportData, Totals
 from avatarbatch.sandbox.render import OutputFormat, render_video
 from conftest import DEMO
@@ -201,6 +201,36 @@ def test_charts_have_one_bar_per_var_value_and_model() -> None:
     # No actual cost for de and fr: their bars show the estimate, drawn differently.
     estimated = [a for tag, a, chart in found if chart == "lang" and a.get("class") == "bar est"]
     assert len(estimated) == 2
+
+
+def test_a_long_batch_is_paged_and_every_page_finds_its_videos() -> None:
+    data = report(*(job(f"job-{i}") for i in range(5)))
+    pages = list(gallery_pages(data, page_size=2))
+    assert [p.path for p in pages] == ["index.html", "gallery/page-2.html", "gallery/page-3.html"]
+    html = ["".join(p.chunks) for p in pages]
+    found = [elements(page) for page in html]
+    sources = [[a["src"] for tag, a, _ in page if tag == "video"] for page in found]
+    assert sources == [
+        ["videos/job-0.mp4#t=0.5", "videos/job-1.mp4#t=0.5"],
+        ["../videos/job-2.mp4#t=0.5", "../videos/job-3.mp4#t=0.5"],
+        ["../videos/job-4.mp4#t=0.5"],
+    ]
+    pager_links = [
+        [a["href"] for tag, a, _ in page if tag == "a" and str(a["href"]).endswith(".html")]
+        for page in found
+    ]
+    assert pager_links == [
+        ["gallery/page-2.html", "gallery/page-3.html", "gallery/page-2.html"],
+        ["../index.html", "../index.html", "page-3.html", "page-3.html"],
+        ["page-2.html", "../index.html", "page-2.html"],
+    ]
+    assert "Page 2 of 3: jobs 3 to 4 of 5." in html[1]
+    assert all(page.count('class="badge') > 0 for page in html)  # the summary on every page
+
+
+def test_a_short_batch_is_one_page_without_a_pager() -> None:
+    assert 'class="pager"' not in render_gallery(sample())
+    assert len(list(gallery_pages(sample(), page_size=4))) == 1
 
 
 def test_empty_report_still_renders() -> None:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from avatarbatch import gallery
 from avatarbatch.batch import BatchOptions, RunSummary, run_batch
 from avatarbatch.cli import app
 from avatarbatch.manifest import load_manifest
@@ -186,6 +187,21 @@ def test_report_command_rewrites_the_files_from_state(demo_copy: Path, tmp_path:
     assert result.exit_code == 0, result.output
     assert (out / "cost_report.csv").exists() and (out / "index.html").exists()
     assert "3 jobs: 3 done" in result.output
+
+
+def test_gallery_pages_follow_the_batch_and_stale_ones_go(
+    demo_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    monkeypatch.setattr(gallery, "PAGE_SIZE", 2)
+    with running_sandbox(QUICK) as sandbox:
+        run(demo_copy / "example.csv", sandbox, out)
+    assert (out / "index.html").is_file() and (out / "gallery" / "page-2.html").is_file()
+    assert "../videos/" in (out / "gallery" / "page-2.html").read_text()
+    monkeypatch.setattr(gallery, "PAGE_SIZE", 1000)
+    result = runner.invoke(app, ["report", "--state", str(out / "state.sqlite")])
+    assert result.exit_code == 0, result.output
+    assert not list((out / "gallery").glob("page-*.html"))
 
 
 def test_init_writes_starters_that_validate_once_media_is_there(tmp_path: Path) -> None:
