@@ -235,8 +235,12 @@ async def _execute(
     )
     pending = [p.job for p in plan.jobs]
     with _api(options) as settings, _signals_enabled(handle_signals) as on_signal:
-        async with make_http_client(options.concurrency) as http:
-            client = RunwareClient(http, settings, gate=RateLimiter(options.rps))
+        async with (
+            make_http_client(options.concurrency + 4) as http,
+            make_http_client(run_options.downloads) as downloads,
+        ):
+            gate = RateLimiter(options.rps)
+            client = RunwareClient(http, settings, gate=gate, downloads=downloads)
             runner = Runner(
                 pending, checked_manifest.media, store, client, out / "videos", run_options, hooks
             )

@@ -58,6 +58,9 @@ class RunOptions:
     retry_failed: bool = False
     generation_attempts: int = 3  #: submissions per job when generations fail transiently
     job_timeout: float = 3600.0  #: longest wait for one task at the provider, seconds
+    #: videos downloaded at once: enough to fill a link from a CDN, and few enough that the
+    #: HTTP pool stays small (see make_http_client). A job waiting here holds no render slot.
+    downloads: int = 8
     poll: PollTiming = field(default_factory=PollTiming)
 
 
@@ -108,6 +111,7 @@ class Runner:
         self.poller = Poller(client, options.poll)
         self.submissions = SubmitQueue(client)
         self._in_flight = asyncio.Semaphore(options.concurrency)
+        self._downloading = asyncio.Semaphore(options.downloads)
         self._uploads: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._refreshed: set[tuple[str, str]] = set()
         self._stopping = asyncio.Event()
@@ -369,7 +373,8 @@ class Runner:
             await self.hooks.checkpoint("download:before", job.id)
             try:
                 final.parent.mkdir(parents=True, exist_ok=True)
-                download = await self.client.download(result["video_url"], partial)
+                async with self._downloading:
+                    download = await self.client.download(result["video_url"], partial)
                 download.path.replace(final)  # atomic: the old video stays until this moment
             except ApiError as exc:
                 if isinstance(exc, AuthError | CreditError):

@@ -10,6 +10,7 @@ readable reason or left unfinished for the next run (which then completes, payin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -26,7 +27,7 @@ from typer.testing import CliRunner
 from avatarbatch.batch import BatchOptions, RunSummary, run_batch
 from avatarbatch.cli import app
 from avatarbatch.poller import PollTiming
-from avatarbatch.runware import MAX_RESPONSE_BYTES, ClientSettings
+from avatarbatch.runware import MAX_RESPONSE_BYTES, ClientSettings, RunwareClient, make_http_client
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.state import JobRecord, JobStatus, StateStore
 
@@ -396,3 +397,23 @@ def test_the_cli_reports_a_hostile_result_with_exit_1_and_no_traceback(
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["failed"], summary["exit_code"]) == (1, 1)
     assert "videoURL is not an http(s) URL" in result.output  # the log line names the reason
+
+
+async def test_a_stuck_download_holds_up_no_api_call(server: Serving, tmp_path: Path) -> None:
+    # One connection for API calls, one for videos: if downloads shared the API pool, the poll
+    # below would wait behind a download that trickles a byte every 50 ms.
+    settings = ClientSettings(api_url=server.api_url, api_key=SecretStr("test-key"))
+    async with make_http_client(1) as api, make_http_client(1) as videos:
+        client = RunwareClient(api, settings, downloads=videos)
+        trickle = server.base_url + "/hostile/trickle"
+        stuck = asyncio.create_task(client.download(trickle, tmp_path / "video.part"))
+        async with asyncio.timeout(HANG_GUARD):
+            while not server.api.hits["trickle"]:
+                await asyncio.sleep(0.01)
+        unknown = "0b6b4a38-5f0e-4c1a-9a39-6a8d3c1f2e7d"
+        async with asyncio.timeout(5):
+            states = await client.poll([unknown])
+        stuck.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stuck
+    assert states[unknown].not_found and stuck.cancelled()
