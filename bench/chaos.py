@@ -34,7 +34,9 @@ from avatarbatch.sandbox.faults import FaultSpec
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
 from avatarbatch.state import JobStatus, StateStore
 
-DEFAULT_FAULTS = "http500=0.05,http429=0.05,reset=0.02,slow=0.05,task_error=0.02,truncate=0.01"
+#: Per request (downloads: per file). Submissions and polls share POSTs, so a 200-job run
+#: makes about 60 of them, and these rates inject 35 to 55 faults into it (seeds 3 and 7).
+DEFAULT_FAULTS = "http500=0.15,http429=0.15,reset=0.1,slow=0.05,task_error=0.03,truncate=0.03"
 KEY = "chaos-key"
 PROGRESSED = ("processing", "downloading", "done", "failed")
 

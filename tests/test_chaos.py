@@ -11,7 +11,10 @@ from chaos import chaos
 
 
 def test_small_chaos_run_loses_nothing_and_pays_once(tmp_path: Path) -> None:
-    result = chaos(jobs=30, kills=2, seed=11, concurrency=8, workdir=tmp_path)
+    # 30 jobs make only about 15 POSTs and 30 downloads: at these rates the odds of drawing
+    # no fault at all are under one in a million (at the old, lower rates a run drew none).
+    faults = "http500=0.2,http429=0.2,reset=0.1,slow=0.05,task_error=0.1,truncate=0.1"
+    result = chaos(jobs=30, kills=2, seed=11, faults=faults, concurrency=8, workdir=tmp_path)
     assert result.ok, result.line()
     assert result.interruptions >= 2 and result.faults > 0
     assert not result.lost and not result.double_billed and not result.bad_files
