@@ -217,19 +217,13 @@ class RunwareClient:
 
     async def _single(self, task: dict[str, Any]) -> dict[str, Any]:
         """POST one task and return its data item, or raise the error tied to it."""
-        data, errors = await self._post([task])
+        items, refusals = await self._submitted([task])
         uuid = task["taskUUID"]
-        for error in errors:
-            if error.task_uuid in (None, uuid):
-                raise error
-        for item in data:
-            if item.get("taskUUID") == uuid:
-                return item
-        raise TransientError(
-            f"Runware: the answer to {task['taskType']} held no item for its task",
-            code="unrecognizedResponse",
-            task_uuid=uuid,
-        )
+        if uuid in refusals:
+            raise refusals[uuid]
+        if uuid not in items:
+            raise _no_item(task)
+        return items[uuid]
 
     async def _submit_in_chunks(
         self, tasks: Sequence[dict[str, Any]], size: int
@@ -246,40 +240,38 @@ class RunwareClient:
 
     async def _submit_batch(self, tasks: Sequence[dict[str, Any]]) -> dict[str, ApiError | None]:
         try:
-            data, refusals = await self._submitted(tasks)
+            items, refusals = await self._submitted(tasks)
         except (RejectedError, ConflictError) as exc:
             if len(tasks) == 1:
                 return {tasks[0]["taskUUID"]: exc}
             # Refused as a whole without naming a task: one bad task must not fail the others,
             # so each goes again on its own (a refused request created nothing to pay for).
             return await self._submit_in_chunks(tasks, 1)
-        accepted = {str(item.get("taskUUID")) for item in data}
         outcomes: dict[str, ApiError | None] = {}
         for task in tasks:
             uuid = task["taskUUID"]
             if uuid in refusals:
                 outcomes[uuid] = refusals[uuid]
-            elif uuid in accepted:
+            elif uuid in items:
                 outcomes[uuid] = None
             else:  # it may or may not have landed: the caller asks getResponse later
-                outcomes[uuid] = TransientError(
-                    f"Runware: the answer to {task['taskType']} held no item for its task",
-                    code="unrecognizedResponse",
-                    task_uuid=uuid,
-                )
+                outcomes[uuid] = _no_item(task)
         return outcomes
 
     async def _submitted(
         self, tasks: Sequence[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], dict[str, ApiError]]:
-        """The items of the answer, and the refusal tied to each refused task."""
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, ApiError]]:
+        """The answer's items and the refusals, each by task UUID (the first one of each)."""
         data, errors = await self._post(list(tasks))
         refusals: dict[str, ApiError] = {}
         for error in errors:
             if error.task_uuid is None:
                 raise error  # an error for the request as a whole
             refusals.setdefault(error.task_uuid, error)
-        return data, refusals
+        items: dict[str, dict[str, Any]] = {}
+        for item in data:
+            items.setdefault(str(item.get("taskUUID")), item)
+        return items, refusals
 
     async def _poll_batch(self, uuids: Sequence[str]) -> dict[str, TaskState]:
         tasks = [{"taskType": "getResponse", "taskUUID": uuid} for uuid in uuids]
@@ -433,6 +425,15 @@ class WaitRetryAfter(wait_base):
         if isinstance(error, ApiError) and error.retry_after is not None:
             delay = max(delay, min(error.retry_after, self.maximum))
         return delay
+
+
+def _no_item(task: dict[str, Any]) -> TransientError:
+    """An answer that neither accepted nor refused the task: it may or may not have landed."""
+    return TransientError(
+        f"Runware: the answer to {task['taskType']} held no item for its task",
+        code="unrecognizedResponse",
+        task_uuid=task["taskUUID"],
+    )
 
 
 def _log_retry(retry_state: Any) -> None:

@@ -231,9 +231,7 @@ class _Api:
         if balance is not None and self.engine.ledger()["total_cost"] >= balance:
             message = "Insufficient credits to run this task; add funds to your account."
             return [], [], TaskError("insufficientCredits", message, None, 402)
-        refusal = validation.check_video(task)
-        if refusal is None:
-            refusal = self._check_input_uuids(task["inputs"])
+        refusal = self._invalid_submission(task)
         if refusal is not None:
             return [], [], refusal
         self.engine.accept(task, _base_url(request))
@@ -242,10 +240,14 @@ class _Api:
     def _first_invalid_submission(self, tasks: Items) -> TaskError | None:
         for task in tasks:
             if task.get("taskType") == "videoInference":
-                refusal = validation.check_video(task) or self._check_input_uuids(task["inputs"])
+                refusal = self._invalid_submission(task)
                 if refusal is not None:
                     return refusal
         return None
+
+    def _invalid_submission(self, task: dict[str, Any]) -> TaskError | None:
+        """Why a videoInference task is refused at submit time, if it is."""
+        return validation.check_video(task) or self._check_input_uuids(task["inputs"])
 
     def _check_input_uuids(self, inputs: dict[str, Any]) -> TaskError | None:
         for name in ("image", "audio"):
