@@ -9,6 +9,7 @@ retrying what we do not understand would only spend money and time.
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from avatarbatch.errors import (
     RejectedError,
     TransientError,
 )
+from avatarbatch.redact import scrub
 
 CONFLICT_CODES = frozenset({"conflictTaskUUID"})
 AUTH_CODES = frozenset(
@@ -43,6 +45,9 @@ TRANSIENT_CODES = frozenset(
     }
 )  # fmt: skip
 NOT_FOUND_CODES = frozenset({"taskFailedOrNotFound", "taskCancelled", "unknownModel"})
+#: A longer Retry-After is read as this: the rate limiter pauses every request for it, so one
+#: header (broken or hostile) asking for a day must not park a whole run for a day.
+MAX_RETRY_AFTER = 600.0
 
 
 def error_class(code: str | None, status: int | None = None) -> type[ApiError]:
@@ -88,17 +93,20 @@ def from_error_object(
     nested = item.get("error")
     source = nested if isinstance(nested, dict) else item
     code = _text(source.get("code")) or _text(item.get("code"))
-    message = _text(source.get("message")) or _text(item.get("message")) or "no message given"
+    # The server's own words are scrubbed before they are pieced together, so that a key it
+    # echoed is hidden even where the message's framing would keep a pattern from matching.
+    message = scrub(_text(source.get("message")) or _text(item.get("message")))
     parameter = source.get("parameter")
     if isinstance(parameter, list):  # the SDK accepts a list of fields; the first one matters
         parameter = parameter[0] if parameter else None
-    cls = error_class(code, status)
-    where = f" ({_text(parameter)})" if parameter else ""
+    field = scrub(_text(parameter)) if parameter else None
+    cls = error_class(code, status)  # by the code as sent: scrubbing it could only blur it
+    where = f" ({field})" if field else ""
     return cls(
-        f"Runware: {code or 'error'}{where}: {message}",
+        f"Runware: {scrub(code) or 'error'}{where}: {message or 'no message given'}",
         status=status,
         code=code,
-        parameter=_text(parameter) if parameter else None,
+        parameter=field,
         task_uuid=_text(item.get("taskUUID")) or None,
         retry_after=retry_after,
     )
@@ -117,19 +125,25 @@ def from_status(status: int, detail: str, retry_after: float | None = None) -> A
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date), capped."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "nan" and "inf" parse as floats too, and would stall or break the waits
+        return _bounded(seconds) if math.isfinite(seconds) else None
     try:
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+    return _bounded(moment.timestamp() - (time.time() if now is None else now))
+
+
+def _bounded(seconds: float) -> float:
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def _text(value: Any) -> str:

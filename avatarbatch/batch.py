@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,13 +23,16 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from avatarbatch import outputs
 from avatarbatch.errors import ManifestError, UsageError
+from avatarbatch.gallery import PAGES_DIR
 from avatarbatch.limits import RateLimiter
 from avatarbatch.lock import state_lock
 from avatarbatch.manifest import Manifest
 from avatarbatch.plan import Plan, build_plan
 from avatarbatch.poller import PollTiming
 from avatarbatch.preflight import Preflight, preflight
+from avatarbatch.report import REPORT_FILES as REPORT_NAMES
 from avatarbatch.report import summary_markdown, write_reports
 from avatarbatch.runner import Hooks, Outcome, Runner, RunOptions
 from avatarbatch.runware import DEFAULT_API_URL, ClientSettings, RunwareClient, make_http_client
@@ -78,7 +82,8 @@ class RunSummary:
     pending: int
     submitted: int
     skipped: int
-    cost_actual: float
+    cost_actual: float  #: everything billed through this state file (the ledger's sum)
+    cost_this_run: float  #: billed for what this invocation submitted
     cost_estimated: float
     exit_code: int
     message: str
@@ -122,23 +127,39 @@ async def run_batch(
     assert manifest is not None
     out = output_dir(manifest, options.out)
     path = state_path(manifest, options.out, options.state)
+    if not path.exists():  # before a single byte is written: lock, state or videos folder
+        outputs.refuse_foreign(out, None, path)
     _check_writable(out / "videos")
-    with state_lock(path):
+    with state_lock(path), _signals_enabled(handle_signals) as on_signal:
         store = StateStore.open(path)
         try:
+            take_over_folder(store, out, path)
             overview: dict[str, JobOverview] | None = None
             try:
                 summary, overview = await _run_planned(
-                    checked_manifest, store, out, path, options, hooks, handle_signals, on_runner
+                    checked_manifest, store, out, path, options, hooks, on_signal, on_runner
                 )
             finally:
                 # Written however the run ended; by now the plan is gone, which matters to
                 # the peak memory of a 100,000-job batch.
-                report = _reports(manifest, store, out, overview)
+                report, problem = _reports(manifest, store, out, overview)
             summary.report = report
+            if problem is not None and summary.exit_code == EXIT_OK:
+                summary.exit_code, summary.message = EXIT_FAILED, problem
         finally:
             store.close()
     return summary
+
+
+def take_over_folder(store: StateStore, out: Path, path: Path, *, write: bool = True) -> None:
+    """Make sure the output folder is ours to write, and (`write`) tidy what a killed run
+    left there."""
+    legacy = [name for name in REPORT_NAMES if (out / name).is_file()]
+    legacy += [p.relative_to(out).as_posix() for p in (out / PAGES_DIR).glob("page-*.html")]
+    store.relativize_outputs(out, outputs.relative_output, adopt=legacy)
+    outputs.refuse_foreign(out, store, path)
+    if write:
+        outputs.clean_partials(out)
 
 
 async def _run_planned(
@@ -148,7 +169,7 @@ async def _run_planned(
     path: Path,
     options: BatchOptions,
     hooks: Hooks | None,
-    handle_signals: bool,
+    on_signal: list[Callable[[], None]],
     on_runner: Callable[[Runner], None] | None,
 ) -> tuple[RunSummary, dict[str, JobOverview]]:
     """Plan against the state file, register, run what is left, record the run's summary.
@@ -157,8 +178,16 @@ async def _run_planned(
     """
     manifest = checked_manifest.manifest
     assert manifest is not None
+    before = store.overview()
+    stored = outputs.stored_outputs(before, out)
+    owners = {p: f.job_id for p, f in store.owned_files().items()}
+    clashes = outputs.check_names(manifest.jobs, owners, stored)
+    if clashes.errors:
+        raise ManifestError(clashes.items)
     plan = build_plan(manifest.jobs, checked_manifest.media, store.planning_view())
     statuses = register_plan(store, plan)
+    outputs.apply_renames(outputs.plan_renames(manifest.jobs, stored), out, store)
+    statuses |= _refetch_damaged(store, out, before, statuses)
     run_id = store.start_run(
         manifest=str(manifest.path),
         manifest_sha256=manifest.sha256,
@@ -169,11 +198,13 @@ async def _run_planned(
         # With nothing to do there is no sandbox, no connection, no request at all.
         if _has_work(statuses, options.retry_failed):
             outcome = await _execute(
-                checked_manifest, plan, store, out, options, hooks, handle_signals, on_runner
+                checked_manifest, plan, store, out, options, hooks, on_signal, on_runner, run_id
             )
     finally:
         overview = store.overview()
         summary = summarize(overview, plan, outcome, out, path)
+        summary.cost_actual = round(store.spend(), 5)
+        summary.cost_this_run = round(store.spend(run_id), 5)
         store.finish_run(
             run_id,
             outcome=_outcome_word(summary.exit_code),
@@ -181,6 +212,19 @@ async def _run_planned(
             summary=summary.as_dict(),
         )
     return summary, overview
+
+
+def _refetch_damaged(
+    store: StateStore, out: Path, before: dict[str, JobOverview], statuses: dict[str, JobStatus]
+) -> dict[str, JobStatus]:
+    """Done jobs whose video is missing or changed go back to `downloading`: the result URL
+    they were paid for is fetched again (free while it lives), never rendered again."""
+    done = [job_id for job_id, status in statuses.items() if status is JobStatus.DONE]
+    damaged = outputs.damaged_videos(store.overview(), store.owned_files(), out, only=done)
+    for job_id, reason in damaged.items():
+        log.warning("job %s: %s; downloading it again from its result URL", job_id, reason)
+        store.transition(job_id, JobStatus.DOWNLOADING)
+    return dict.fromkeys(damaged, JobStatus.DOWNLOADING)
 
 
 def _check_writable(folder: Path) -> None:
@@ -223,8 +267,9 @@ async def _execute(
     out: Path,
     options: BatchOptions,
     hooks: Hooks | None,
-    handle_signals: bool,
+    on_signal: list[Callable[[], None]],
     on_runner: Callable[[Runner], None] | None,
+    run_id: int,
 ) -> Outcome:
     run_options = RunOptions(
         concurrency=options.concurrency,
@@ -234,7 +279,7 @@ async def _execute(
         poll=options.poll,
     )
     pending = [p.job for p in plan.jobs]
-    with _api(options) as settings, _signals_enabled(handle_signals) as on_signal:
+    with _api(options, out) as settings:
         async with (
             make_http_client(options.concurrency + 4) as http,
             make_http_client(run_options.downloads) as downloads,
@@ -242,7 +287,7 @@ async def _execute(
             gate = RateLimiter(options.rps)
             client = RunwareClient(http, settings, gate=gate, downloads=downloads)
             runner = Runner(
-                pending, checked_manifest.media, store, client, out / "videos", run_options, hooks
+                pending, checked_manifest.media, store, client, out, run_options, hooks, run_id
             )
             runner.estimated_total = float(plan.totals.estimated_cost)
             if on_runner is not None:
@@ -257,13 +302,18 @@ async def _execute(
 
 def _reports(
     manifest: Manifest, store: StateStore, out: Path, overview: dict[str, JobOverview] | None
-) -> str:
-    """Write the report files; a failure to write them must not hide the run's outcome."""
+) -> tuple[str, str | None]:
+    """Write the report files; returns the summary, and what went wrong if they could not be.
+
+    A failure to write them must not hide the run's outcome, nor pass unnoticed: the caller
+    turns it into a non-zero exit.
+    """
     try:
-        return summary_markdown(write_reports(manifest, store, out, overview))
+        return summary_markdown(write_reports(manifest, store, out, overview)), None
     except OSError as exc:
-        log.error("could not write the reports into %s: %s", out, exc)
-        return ""
+        problem = f"could not write the reports into {out}: {exc.strerror or exc}"
+        log.error("%s", problem)
+        return "", problem
 
 
 def _has_work(statuses: dict[str, JobStatus], retry_failed: bool) -> bool:
@@ -277,18 +327,26 @@ def _interrupt(runner: Runner) -> None:
 
 
 @contextlib.contextmanager
-def _api(options: BatchOptions) -> Iterator[ClientSettings]:
+def _api(options: BatchOptions, out: Path) -> Iterator[ClientSettings]:
     if options.sandbox is None:
         if options.client is None:
             raise ValueError("BatchOptions needs client settings or a sandbox")
         yield options.client
         return
     key = "sandbox-" + secrets.token_hex(8)
-    config = options.sandbox.model_copy(update={"api_key": key})
-    with running_sandbox(config) as sandbox:
-        log.info("sandbox serving at %s", sandbox.api_url)
-        base = options.client or ClientSettings(api_key=SecretStr(key))
-        yield base.model_copy(update={"api_url": sandbox.api_url, "api_key": SecretStr(key)})
+    # Renders live in the output folder, not /tmp: a SIGKILLed run leaves nothing elsewhere,
+    # and the next run clears what it left. The sandbox forgets its tasks when it stops.
+    storage = options.sandbox.storage_dir or out / outputs.SANDBOX_DIR
+    shutil.rmtree(storage, ignore_errors=True)
+    config = options.sandbox.model_copy(update={"api_key": key, "storage_dir": storage})
+    try:
+        with running_sandbox(config) as sandbox:
+            log.info("sandbox serving at %s", sandbox.api_url)
+            base = options.client or ClientSettings(api_key=SecretStr(key))
+            yield base.model_copy(update={"api_url": sandbox.api_url, "api_key": SecretStr(key)})
+    finally:
+        if options.sandbox.storage_dir is None:
+            shutil.rmtree(storage, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -394,6 +452,7 @@ def summarize(
         submitted=outcome.submitted,
         skipped=skipped,
         cost_actual=round(sum(records[i].actual_cost or 0.0 for i in ids), 5),
+        cost_this_run=0.0,
         cost_estimated=float(plan.totals.estimated_cost),
         exit_code=code,
         message=message,

@@ -1,9 +1,12 @@
-"""The spending cap of `--max-cost`: submit a job only while everything stays within it.
+"""The spending cap of `--max-cost`: what one invocation submits never costs more than the cap.
 
-Committed cost = what finished jobs actually cost (across every run of this state file) +
-the estimates of jobs in flight. A job is submitted only if committed + its own estimate stays
-within the cap. A job whose audio length is unknown (remote audio) reserves the worst case,
-300 seconds per result, since its real cost cannot be known in advance.
+It caps this run, not the state file's lifetime (that is what a nightly cron with
+`--max-cost 50` needs): committed cost = what this run's finished submissions were billed +
+the estimates of this run's submissions still in flight. A job is submitted only if committed +
+its own estimate stays within the cap. Tasks adopted from an interrupted run were committed by
+that run and are not charged here (they still take --concurrency slots first, see runner.py).
+A job whose audio length is unknown (remote audio) reserves the worst case, 300 seconds per
+result, since its real cost cannot be known in advance.
 """
 
 from __future__ import annotations
@@ -42,9 +45,12 @@ class Budget:
         return True
 
     def settle(self, job_id: str, actual: Decimal) -> None:
-        """The job's cost is known (0 for a failure): it replaces the reservation."""
-        self._reserved.pop(job_id, None)
-        self.spent += actual
+        """The job's cost is known (0 for a failure): it replaces the reservation.
+
+        Only a job this run reserved counts: an adopted task was another run's spending.
+        """
+        if self._reserved.pop(job_id, None) is not None:
+            self.spent += actual
 
     def release(self, job_id: str) -> None:
         """The job will not be paid for in this run (abandoned before or while submitting)."""

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from avatarbatch.redact import scrub
+
 if TYPE_CHECKING:
     from avatarbatch.diagnostics import Problem
 
@@ -50,7 +52,11 @@ class UsageError(AvatarBatchError):
 
 
 class ApiError(AvatarBatchError):
-    """A failed API exchange. The message is written for people; never holds the API key."""
+    """A failed API exchange. The message is written for people; never holds the API key.
+
+    Its texts often quote the server, which may echo a key back: they are scrubbed here, so
+    whatever builds the error, its message is safe to store, print and log.
+    """
 
     category = "rejected"
 
@@ -64,11 +70,12 @@ class ApiError(AvatarBatchError):
         task_uuid: str | None = None,
         retry_after: float | None = None,
     ) -> None:
+        message = scrub(message)
         super().__init__(message)
         self.message = message
         self.status = status
-        self.code = code
-        self.parameter = parameter
+        self.code = None if code is None else scrub(code)
+        self.parameter = None if parameter is None else scrub(parameter)
         self.task_uuid = task_uuid
         self.retry_after = retry_after
 

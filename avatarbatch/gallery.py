@@ -48,6 +48,12 @@ def page_path(number: int) -> str:
     return "index.html" if number == 1 else f"{PAGES_DIR}/page-{number}.html"
 
 
+def page_paths(jobs: int, page_size: int | None = None) -> list[str]:
+    """The files a gallery of `jobs` cards is written to, relative to the output folder."""
+    count = max(1, -(-jobs // (page_size or PAGE_SIZE)))
+    return [page_path(number) for number in range(1, count + 1)]
+
+
 def gallery_pages(data: ReportData, page_size: int | None = None) -> Iterator[GalleryPage]:
     """index.html and, past `page_size` jobs, further pages, each produced piece by piece.
 
@@ -65,7 +71,7 @@ def gallery_pages(data: ReportData, page_size: int | None = None) -> Iterator[Ga
         "empty": "" if data.jobs else '<p class="empty">This manifest has no jobs.</p>',
     }
     page_size = page_size or PAGE_SIZE
-    count = max(1, -(-len(data.jobs) // page_size))
+    count = len(page_paths(len(data.jobs), page_size))
     for number in range(1, count + 1):
         start = (number - 1) * page_size
         jobs = data.jobs[start : start + page_size]

@@ -35,8 +35,13 @@ def lock_path(state_path: Path) -> Path:
 
 @contextmanager
 def state_lock(state_path: Path) -> Iterator[None]:
-    """Hold the state file's lock for the duration of the block, or raise StateLocked."""
-    path = lock_path(Path(state_path))
+    """Hold the state file's lock for the duration of the block, or raise StateLocked.
+
+    The lock belongs to the real file: a symlink or a second path to the same state file
+    finds the same lock, where it used to get one of its own and two runs paid twice.
+    """
+    state_path = Path(state_path).resolve()
+    path = lock_path(state_path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from avatarbatch.redact import RedactingFilter
+
 STAGES = ("pending", "uploading", "submitting", "processing", "downloading", "done", "failed")
 
 
@@ -29,7 +31,11 @@ class _UtcFormatter(logging.Formatter):
 def configure_logging(
     *, tty: bool, verbose: bool = False, stream: TextIO | None = None
 ) -> Console | None:
-    """Route avatarbatch's log lines to stderr; returns the rich console on a TTY."""
+    """Route avatarbatch's log lines to stderr; returns the rich console on a TTY.
+
+    Every line is scrubbed of API keys and bearer tokens first (a server's message may echo
+    one), whichever module logged it.
+    """
     logger = logging.getLogger("avatarbatch")
     logger.handlers.clear()
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -40,10 +46,12 @@ def configure_logging(
         handler: logging.Handler = RichHandler(
             console=console, show_path=False, markup=False, rich_tracebacks=False
         )
+        handler.addFilter(RedactingFilter())
         logger.addHandler(handler)
         return console
     handler = logging.StreamHandler(stream)
     handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(RedactingFilter())
     logger.addHandler(handler)
     return None
 

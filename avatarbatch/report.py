@@ -11,18 +11,18 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from avatarbatch.gallery import PAGES_DIR, gallery_pages
+from avatarbatch.gallery import PAGES_DIR, gallery_pages, page_paths
 from avatarbatch.jsonlines import json_with_item_lines
 from avatarbatch.manifest import Job, Manifest
 from avatarbatch.media import MediaRef
 from avatarbatch.reportdata import JobReport, ReportData, Totals, build_report
-from avatarbatch.state import JobOverview, StateStore
+from avatarbatch.state import JobOverview, OwnedFile, StateStore
 
 log = logging.getLogger("avatarbatch.report")
 
@@ -50,42 +50,67 @@ def write_reports(
         overview=overview,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write(output_dir / "cost_report.csv", cost_csv_lines(data))
-    _write(output_dir / "report.json", report_json(data))
-    _write(output_dir / "report.md", summary_markdown(data))
-    _write_gallery(output_dir, data)
+    owned = store.owned_files()
+    # Recorded before they are written: a crash (or a locked state file) between the two
+    # must not leave report files that the next run takes for someone else's.
+    store.own_files(OwnedFile(name) for name in _report_names(data, failed=True))
+    written = [
+        _write(output_dir, "cost_report.csv", cost_csv_lines(data)),
+        _write(output_dir, "report.json", report_json(data)),
+        _write(output_dir, "report.md", summary_markdown(data)),
+        *_write_gallery(output_dir, data, owned),
+    ]
     failed = [
         job for job, row in zip(manifest.jobs, data.jobs, strict=True) if row.status == "failed"
     ]
-    failures = output_dir / "failures.yaml"
     if failed:
-        _write(failures, failures_manifest(failed, manifest, output_dir))
-    else:
-        failures.unlink(missing_ok=True)
+        written.append(
+            _write(output_dir, "failures.yaml", failures_manifest(failed, manifest, output_dir))
+        )
+    if not failed and "failures.yaml" in owned:  # never a failures.yaml we did not write
+        (output_dir / "failures.yaml").unlink(missing_ok=True)
+        store.disown_files(["failures.yaml"])
     return data
 
 
-def _write_gallery(output_dir: Path, data: ReportData) -> None:
-    written: set[Path] = set()
+def _report_names(data: ReportData, *, failed: bool) -> list[str]:
+    names = ["cost_report.csv", "report.json", "report.md"]
+    names += page_paths(len(data.jobs))
+    return [*names, "failures.yaml"] if failed else names
+
+
+def _write_gallery(output_dir: Path, data: ReportData, owned: Mapping[str, object]) -> list[str]:
+    written: list[str] = []
     for page in gallery_pages(data):
         path = output_dir / page.path
         path.parent.mkdir(exist_ok=True)
-        _write(path, page.chunks)
-        written.add(path)
+        written.append(_write(output_dir, page.path, page.chunks))
     # Pages left by an earlier, longer report would show jobs no longer in the manifest.
     for stale in (output_dir / PAGES_DIR).glob("page-*.html"):
-        if stale not in written:
+        relative = stale.relative_to(output_dir).as_posix()
+        if relative not in written and relative in owned:
             stale.unlink()
+    return written
 
 
-def _write(path: Path, text: str | Iterable[str]) -> None:
+def _write(output_dir: Path, name: str, text: str | Iterable[str]) -> str:
+    """Write `name` under the folder through a temporary file; returns `name`.
+
+    The temporary file never outlives a failure (a full disk, a read-only folder).
+    """
+    path = output_dir / name
     partial = path.with_name(f".{path.name}.part")
-    with partial.open("w", encoding="utf-8") as handle:
-        if isinstance(text, str):
-            handle.write(text)
-        else:
-            handle.writelines(text)
-    partial.replace(path)
+    try:
+        with partial.open("w", encoding="utf-8") as handle:
+            if isinstance(text, str):
+                handle.write(text)
+            else:
+                handle.writelines(text)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return name
 
 
 # --- report.json --------------------------------------------------------------------------------
@@ -131,6 +156,8 @@ def cost_csv_lines(data: ReportData) -> Iterator[str]:
             "results",
             "estimated_cost",
             "actual_cost",
+            "earlier_cost",
+            "cost_source",
             "attempts",
             "task_uuid",
             "outputs",
@@ -138,7 +165,7 @@ def cost_csv_lines(data: ReportData) -> Iterator[str]:
             "error",
         ]
     )
-    for job in data.jobs:
+    for job in (*data.jobs, *data.removed):
         yield line([safe_cell(cell) for cell in _job_cells(job, data.var_names)])
     blanks = [""] * len(data.var_names)
     for alias, totals in data.by_model.items():
@@ -156,6 +183,8 @@ def _job_cells(job: JobReport, var_names: list[str]) -> list[Any]:
         job.results,
         _number(job.estimated_cost, 5),
         _number(job.actual_cost, 5),
+        _number(job.earlier_cost, 5),
+        job.cost_source or "",
         job.attempts,
         job.task_uuid or "",
         ";".join(job.outputs),
@@ -172,6 +201,8 @@ def _total_cells(totals: Totals) -> list[Any]:
         "",
         rounded["estimated_cost"],
         rounded["actual_cost"],
+        rounded["earlier_cost"],
+        "",
         "",
         "",
         "",
@@ -208,6 +239,20 @@ def summary_markdown(data: ReportData) -> str:
             "|---|---:|---:|---:|---:|",
         ]
         lines += [_totals_row(value, t) for value, t in data.by_var.get(var, {}).items()]
+    if total.earlier_cost:
+        lines += [
+            "",
+            f"Of the actual cost, ${total.earlier_cost:,.5f} paid for earlier attempts: "
+            "superseded specs, retries, and rows no longer in the manifest "
+            f"({len(data.removed)} removed).",
+        ]
+    estimated = [j.id for j in data.jobs if j.cost_source == "estimate"]
+    if estimated:
+        lines += [
+            "",
+            f"{len(estimated)} job(s) got no usable cost from the API; their estimate is "
+            f"counted instead: {', '.join(estimated[:10])}{' ...' * (len(estimated) > 10)}",
+        ]
     mismatches = [j for j in data.jobs if j.cost_mismatch]
     if mismatches:
         lines += ["", "Actual cost differs from the estimate by more than 10%:"]

@@ -14,9 +14,10 @@ from typing import Any
 
 from avatarbatch import catalog
 from avatarbatch.manifest import Job
-from avatarbatch.state import JobOverview, StateStore
+from avatarbatch.state import JobMoney, JobOverview, StateStore
 
 MISMATCH_RATIO = 0.10  #: an actual cost this far from its estimate is pointed out
+REMOVED = "removed"  #: the status shown for a job id the manifest no longer has, but paid for
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class JobReport:
     audio_seconds: float | None
     results: int
     estimated_cost: float | None
+    #: everything the provider billed for this job id through this state file, earlier
+    #: attempts included (a changed spec, a retry), so that the column sums to the ledger
     actual_cost: float | None
     attempts: int
     task_uuid: str | None
@@ -36,6 +39,8 @@ class JobReport:
     sha256: list[str]
     error: str | None
     cost_mismatch: bool  #: actual and estimate differ by more than MISMATCH_RATIO
+    earlier_cost: float = 0.0  #: the part of actual_cost billed for attempts before this one
+    cost_source: str | None = None  #: "api"; "estimate" where the API gave no usable figure
 
     def as_dict(self) -> dict[str, Any]:
         # Shallow on purpose: dataclasses.asdict deep-copies, 5 s for 100,000 jobs.
@@ -51,12 +56,14 @@ class Totals:
     audio_seconds: float = 0.0
     estimated_cost: float = 0.0
     actual_cost: float = 0.0
+    earlier_cost: float = 0.0
 
     def add(self, job: JobReport) -> None:
-        self.jobs += 1
+        self.jobs += job.status != REMOVED
         self.audio_seconds += job.audio_seconds or 0.0
         self.estimated_cost += job.estimated_cost or 0.0
         self.actual_cost += job.actual_cost or 0.0
+        self.earlier_cost += job.earlier_cost
 
     def rounded(self) -> dict[str, Any]:
         return {
@@ -64,6 +71,7 @@ class Totals:
             "audio_seconds": round(self.audio_seconds, 3),
             "estimated_cost": round(self.estimated_cost, 5),
             "actual_cost": round(self.actual_cost, 5),
+            "earlier_cost": round(self.earlier_cost, 5),
         }
 
 
@@ -82,9 +90,14 @@ class ReportData:
     run: dict[str, Any] | None = None  #: the last run: started, ended, arguments, outcome
     runs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: job ids paid for through this state file that the manifest no longer has
+    removed: list[JobReport] = field(default_factory=list)
 
     def tally(self) -> None:
         """Fill counts and totals (overall, by model, by var) from `jobs`."""
+        for row in self.removed:
+            self.totals.add(row)
+            self.by_model.setdefault(row.model_alias, Totals()).add(row)
         for row in self.jobs:
             self.counts[row.status] = self.counts.get(row.status, 0) + 1
             self.totals.add(row)
@@ -107,6 +120,7 @@ class ReportData:
             "totals": self.totals.rounded(),
             "by_model": {k: v.rounded() for k, v in self.by_model.items()},
             "by_var": {k: {v: t.rounded() for v, t in vs.items()} for k, vs in self.by_var.items()},
+            "removed": [job.as_dict() for job in self.removed],
         }
 
 
@@ -129,6 +143,8 @@ class RelativeTo:
         )
 
     def __call__(self, stored: str) -> str:
+        if not os.path.isabs(stored):  # noqa: PTH117 - strings, for speed
+            return stored  # relative to the output folder already: how paths are stored now
         absolute = os.path.normpath(os.path.join(self._cwd, stored))  # noqa: PTH118 - as above
         for prefix in self._prefixes:
             if absolute.startswith(prefix):
@@ -140,7 +156,9 @@ class RelativeTo:
             return Path(stored).as_posix()
 
 
-def job_report(job: Job, record: JobOverview | None, relative: RelativeTo) -> JobReport:
+def job_report(
+    job: Job, record: JobOverview | None, money: JobMoney | None, relative: RelativeTo
+) -> JobReport:
     model = catalog.model_by_id(job.model)
     if record is None:
         return JobReport(
@@ -162,9 +180,13 @@ def job_report(job: Job, record: JobOverview | None, relative: RelativeTo) -> Jo
         )
     files = record.outputs
     outputs = [relative(o["path"]) for o in files]
-    estimate, actual = record.estimated_cost, record.actual_cost
+    estimate = record.estimated_cost
+    # A job the ledger never saw (a state written by hand, or by tests) keeps its own figure.
+    actual = record.actual_cost if money is None else money.billed
+    earlier = 0.0 if money is None else money.earlier
+    current = record.actual_cost
     mismatch = bool(
-        estimate and actual is not None and abs(actual - estimate) > MISMATCH_RATIO * estimate
+        estimate and current is not None and abs(current - estimate) > MISMATCH_RATIO * estimate
     )
     return JobReport(
         id=job.id,
@@ -176,12 +198,44 @@ def job_report(job: Job, record: JobOverview | None, relative: RelativeTo) -> Jo
         results=record.results,
         estimated_cost=estimate,
         actual_cost=actual,
+        earlier_cost=earlier,
+        cost_source=_cost_source(money, current),
         attempts=record.attempts,
         task_uuid=record.task_uuid,
         outputs=outputs,
         sha256=[o["sha256"] for o in files],
         error=record.error_message,
         cost_mismatch=mismatch,
+    )
+
+
+def _cost_source(money: JobMoney | None, current: float | None) -> str | None:
+    if money is not None and money.estimated_only:
+        return "estimate"
+    return None if current is None and (money is None or not money.billed) else "api"
+
+
+def removed_report(job_id: str, money: JobMoney) -> JobReport:
+    """A job id the manifest no longer has, kept in the reports for what it cost."""
+    model = catalog.model_by_id(money.model) if money.model else catalog.STANDARD
+    return JobReport(
+        id=job_id,
+        vars={},
+        model=model.id,
+        model_alias=model.alias,
+        status=REMOVED,
+        audio_seconds=None,
+        results=0,
+        estimated_cost=None,
+        actual_cost=money.billed,
+        earlier_cost=money.billed,
+        cost_source="estimate" if money.estimated_only else "api",
+        attempts=0,
+        task_uuid=None,
+        outputs=[],
+        sha256=[],
+        error=None,
+        cost_mismatch=False,
     )
 
 
@@ -196,8 +250,15 @@ def build_report(
 ) -> ReportData:
     """The report of the manifest's jobs as the state file knows them now."""
     records = store.overview() if overview is None else overview
+    money = store.money_by_job()
     relative = RelativeTo(output_dir)
-    rows = [job_report(job, records.get(job.id), relative) for job in jobs]
+    rows = [job_report(job, records.get(job.id), money.get(job.id), relative) for job in jobs]
+    names = {job.id for job in jobs}
+    removed = [
+        removed_report(job_id, spent)
+        for job_id, spent in money.items()
+        if job_id not in names and spent.billed
+    ]
     var_names = sorted({name for job in jobs for name in job.vars})
     data = ReportData(
         manifest=manifest,
@@ -205,6 +266,7 @@ def build_report(
         output_dir=output_dir,
         generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         jobs=rows,
+        removed=removed,
         counts={},
         totals=Totals(),
         by_model={},

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
 from avatarbatch.budget import Budget
 from avatarbatch.errors import ApiError, AuthError, ConflictError, CreditError, TransientError
 from avatarbatch.manifest import Job
@@ -33,8 +35,9 @@ from avatarbatch.media import MediaInfo, MediaRef
 from avatarbatch.payloads import video_task
 from avatarbatch.poller import Poller, PollTiming
 from avatarbatch.runware import RunwareClient, TaskState, VideoResult
-from avatarbatch.state import JobRecord, JobStatus, StateStore
+from avatarbatch.state import JobRecord, JobStatus, OwnedFile, StateStore, TaskEntry, TaskStatus
 from avatarbatch.submitter import SubmitQueue
+from avatarbatch.verify import VideoCheckError, verify_video
 
 log = logging.getLogger("avatarbatch.run")
 
@@ -47,6 +50,12 @@ MIME_TYPES = {
     "AAC": "audio/aac",
 }
 FINISHED = (JobStatus.DONE, JobStatus.FAILED)
+#: Jobs whose task is already at the provider: they take their render slots before any new job.
+ADOPTED = (JobStatus.SUBMITTING, JobStatus.PROCESSING)
+#: downloads of one result that may fail the video check before the job is left for the next
+#: run (the result is paid for: a bad download is never a reason to pay again)
+VERIFY_ATTEMPTS = 3
+VIDEOS = "videos"  #: the folder, under the output folder, that holds the videos
 # A submission refused for one of these names an input the API no longer has (or never had).
 STALE_INPUT_PARAMETERS = frozenset({"inputs.image", "inputs.audio"})
 
@@ -94,20 +103,24 @@ class Runner:
         media: Mapping[str, MediaInfo],
         state: StateStore,
         client: RunwareClient,
-        videos_dir: Path,
+        out: Path,
         options: RunOptions,
         hooks: Hooks | None = None,
+        run_id: int | None = None,
     ) -> None:
         self.jobs = {job.id: job for job in jobs}
         self.estimated_total = 0.0  #: for progress displays: the plan's estimate of every job
         self.media = media
         self.state = state
         self.client = client
-        self.videos_dir = videos_dir
+        self.out = out
         self.options = options
         self.hooks = hooks or Hooks()
+        self.run_id = run_id
         self.outcome = Outcome()
-        self.budget = Budget(options.max_cost, Decimal(str(state.spend())))
+        # --max-cost caps what this invocation submits; tasks adopted from an interrupted run
+        # were committed by that run and are not charged to this one.
+        self.budget = Budget(options.max_cost)
         self.poller = Poller(client, options.poll)
         self.submissions = SubmitQueue(client)
         self._in_flight = asyncio.Semaphore(options.concurrency)
@@ -132,6 +145,9 @@ class Runner:
             elif record.status in FINISHED:
                 continue
             selected.append(job)
+        # Adopted tasks first: they hold render slots at the provider already, so they must
+        # take --concurrency slots before any new submission can.
+        selected.sort(key=lambda job: records[job.id].status not in ADOPTED)
         return selected
 
     async def run(self) -> Outcome:
@@ -269,11 +285,27 @@ class Runner:
             record = self._transition(
                 job,
                 JobStatus.SUBMITTING,
+                tasks=[
+                    TaskEntry(
+                        task_uuid,
+                        TaskStatus.SUBMITTING,
+                        attempt=record.attempts + 1,
+                        spec_hash=record.spec_hash,
+                        run_id=self.run_id,
+                        estimated_cost=float(estimate),
+                    )
+                ],
                 task_uuid=task_uuid,
                 attempts=record.attempts + 1,
                 submitted_at=time.time(),
                 error_code=None,
                 error_message=None,
+            )
+        else:  # the same task UUID again: if it lands now, this run is the one that sent it
+            record = self._transition(
+                job,
+                JobStatus.SUBMITTING,
+                tasks=[TaskEntry(task_uuid, TaskStatus.SUBMITTING, run_id=self.run_id)],
             )
         await self.hooks.checkpoint("submit:before", job.id)
         try:
@@ -290,18 +322,27 @@ class Runner:
         except ApiError as exc:
             if isinstance(exc, AuthError | CreditError):
                 self.budget.release(job.id)
+                self._transition(
+                    job,
+                    JobStatus.SUBMITTING,
+                    tasks=[TaskEntry(task_uuid, TaskStatus.REFUSED, billed_cost=0.0)],
+                )
                 raise
             self.budget.release(job.id)
+            refused = TaskEntry(task_uuid, TaskStatus.REFUSED, billed_cost=0.0)
             if exc.parameter in STALE_INPUT_PARAMETERS and not refreshed:
                 # Runware forgets uploads unused for 30 days: upload again, once, and resubmit.
                 log.warning("job %s: %s; uploading the inputs again", job.id, exc)
+                self._transition(job, JobStatus.UPLOADING, tasks=[refused])
                 record = await self._upload_inputs(job, refresh=True)
                 return await self._submit(job, record, new_attempt=True, refreshed=True)
-            self._fail(job, exc)
+            self._fail(job, exc, refused)
             raise Stopped("rejected") from exc
         self.outcome.submitted += 1
         await self.hooks.checkpoint("submit:sent", job.id)
-        record = self._transition(job, JobStatus.PROCESSING)
+        record = self._transition(
+            job, JobStatus.PROCESSING, tasks=[TaskEntry(task_uuid, TaskStatus.ACCEPTED)]
+        )
         log.info("job %s: submitted task %s (attempt %d)", job.id, task_uuid, record.attempts)
         await self.hooks.checkpoint("submit:after", job.id)
         return record
@@ -313,17 +354,11 @@ class Runner:
         if known.not_found:
             log.info("job %s: task %s never arrived; submitting it again", job.id, record.task_uuid)
             return await self._submit(job, record, new_attempt=False)
-        self.budget.reserve(
-            job.id, Budget.estimate(job.catalog_model, self._seconds(job), job.number_results)
-        )
-        return self._transition(job, JobStatus.PROCESSING)
+        accepted = TaskEntry(record.task_uuid, TaskStatus.ACCEPTED)
+        return self._transition(job, JobStatus.PROCESSING, tasks=[accepted])
 
     async def _await_render(self, job: Job, record: JobRecord) -> JobRecord:
         assert record.task_uuid is not None
-        if not self._stopping.is_set():
-            self.budget.reserve(
-                job.id, Budget.estimate(job.catalog_model, self._seconds(job), job.number_results)
-            )
         waiting = self.poller.watch(record.task_uuid, job.number_results, self._seconds(job))
         try:
             async with asyncio.timeout(self.options.job_timeout):
@@ -341,18 +376,31 @@ class Runner:
         return await self._after_render(job, record, state)
 
     async def _after_render(self, job: Job, record: JobRecord, state: TaskState) -> JobRecord:
-        cost = self._cost(job, state.results)
+        assert record.task_uuid is not None
+        cost, source = self._cost(job, state.results)
         if state.results:
             self.budget.settle(job.id, cost)
+            billed = TaskEntry(
+                record.task_uuid, TaskStatus.BILLED, billed_cost=float(cost), cost_source=source
+            )
             return self._transition(
                 job,
                 JobStatus.DOWNLOADING,
+                tasks=[billed],
+                # Claimed before a byte lands there: a crash right after a video is moved into
+                # place must not leave a file the next run takes for someone else's.
+                files=[OwnedFile(f"{VIDEOS}/{name}", job.id) for name in job.outputs],
                 actual_cost=float(cost),
                 results=[_result_dict(r) for r in state.results],
                 error_code=state.errors[0].code if state.errors else None,
                 error_message=str(state.errors[0]) if state.errors else None,
             )
         self.budget.settle(job.id, Decimal(0))
+        self._transition(
+            job,
+            JobStatus.PROCESSING,
+            tasks=[TaskEntry(record.task_uuid, TaskStatus.UNBILLED, billed_cost=0.0)],
+        )
         error = state.errors[0]
         retryable = isinstance(error, TransientError) and not state.not_found
         if (
@@ -366,16 +414,15 @@ class Runner:
         raise Stopped("failed")
 
     async def _download(self, job: Job, record: JobRecord) -> None:
-        outputs = []
+        files: list[OwnedFile] = []
         for name, result in zip(job.outputs, record.results, strict=False):
-            final = self.videos_dir / name
-            partial = final.parent / f".{final.name}.{uuidlib.uuid4().hex[:8]}.part"
+            relative = f"{VIDEOS}/{name}"
+            final = self.out / relative
             await self.hooks.checkpoint("download:before", job.id)
             try:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 async with self._downloading:
-                    download = await self.client.download(result["video_url"], partial)
-                download.path.replace(final)  # atomic: the old video stays until this moment
+                    files.append(await self._fetch(job, result["video_url"], final, relative))
             except ApiError as exc:
                 if isinstance(exc, AuthError | CreditError):
                     raise
@@ -386,23 +433,32 @@ class Runner:
                     raise Stopped("download interrupted") from exc
                 self._fail(job, exc)
                 raise Stopped("download failed") from exc
+            except VideoCheckError as exc:
+                log.warning(
+                    "job %s: the download of %s is not the video asked for (%s); the next run "
+                    "downloads it again from the same URL, at no cost",
+                    job.id,
+                    relative,
+                    exc,
+                )
+                raise Stopped("download unverified") from exc
             except OSError as exc:
                 # Our side failed (a full disk, a quota, a file-size limit, a read-only folder):
                 # not the job's fault, and every other download would hit it too. Stop the run
                 # and keep the job `downloading`, so the next run fetches the paid result again
                 # instead of the error escaping as a traceback and aborting the run.
-                partial.unlink(missing_ok=True)
                 reason = f"cannot write {final}: {exc.strerror or exc}"
                 self.outcome.local_error = reason
                 self.stop(f"{reason} (the next run downloads it again)")
                 raise Stopped("local write failed") from exc
-            outputs.append({"path": str(final), "bytes": download.size, "sha256": download.sha256})
             await self.hooks.checkpoint("download:renamed", job.id)
+        outputs = [{"path": f.path, "bytes": f.bytes, "sha256": f.sha256} for f in files]
+        final_status = JobStatus.FAILED if record.error_message else JobStatus.DONE
+        self._transition(job, final_status, files=files, outputs=outputs)
+        self._remove_superseded(job, record, {f.path for f in files})
         if record.error_message:  # some results failed: keep what was paid for, report the rest
-            self._transition(job, JobStatus.FAILED, outputs=outputs)
             log.error("job %s: failed: %s", job.id, record.error_message)
             return
-        self._transition(job, JobStatus.DONE, outputs=outputs)
         log.info(
             "job %s: done (%d video%s, $%.5f)",
             job.id,
@@ -411,6 +467,48 @@ class Runner:
             record.actual_cost or 0,
         )
         await self.hooks.checkpoint("download:after", job.id)
+
+    async def _fetch(self, job: Job, url: str, final: Path, relative: str) -> OwnedFile:
+        """Download one result, prove it is the video asked for, then move it into place."""
+        partial = final.parent / f".{final.name}.{uuidlib.uuid4().hex[:8]}.part"
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(VideoCheckError),
+                stop=stop_after_attempt(VERIFY_ATTEMPTS),
+                wait=wait_exponential(multiplier=0.5, max=5),
+                reraise=True,
+            ):
+                with attempt:
+                    download = await self.client.download(url, partial)
+                    await asyncio.to_thread(
+                        verify_video,
+                        partial,
+                        output_format=job.output_format,
+                        expected_seconds=self._seconds(job),
+                    )
+            partial.replace(final)  # atomic: the old video stays until this moment
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return OwnedFile(relative, job.id, download.size, download.sha256, _mtime_ns(final))
+
+    def _remove_superseded(self, job: Job, record: JobRecord, kept: set[str]) -> None:
+        """Delete this job's earlier videos that the new ones did not replace (another name,
+        fewer results), unless another job has written over that name since."""
+        candidates = [str(o.get("path", "")) for o in record.outputs]
+        candidates = [path for path in candidates if path and path not in kept]
+        if not candidates:
+            return
+        owners = self.state.file_owners(candidates)
+        gone = []
+        for path in candidates:
+            if owners.get(path) != job.id:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                (self.out / path).unlink()
+            gone.append(path)
+        if gone:
+            self.state.disown_files(gone)
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -426,12 +524,24 @@ class Runner:
         assert record is not None, job_id
         return record
 
-    def _transition(self, job: Job, to: JobStatus, **fields: object) -> JobRecord:
-        return self.state.transition(job.id, to, **fields)
+    def _transition(
+        self,
+        job: Job,
+        to: JobStatus,
+        *,
+        tasks: list[TaskEntry] | None = None,
+        files: list[OwnedFile] | None = None,
+        **fields: object,
+    ) -> JobRecord:
+        return self.state.transition(job.id, to, tasks=tasks or (), files=files or (), **fields)
 
-    def _fail(self, job: Job, error: ApiError) -> None:
+    def _fail(self, job: Job, error: ApiError, *tasks: TaskEntry) -> None:
         self._transition(
-            job, JobStatus.FAILED, error_code=error.code or error.category, error_message=str(error)
+            job,
+            JobStatus.FAILED,
+            tasks=list(tasks),
+            error_code=error.code or error.category,
+            error_message=str(error),
         )
         log.error("job %s: failed: %s", job.id, error)
 
@@ -439,12 +549,14 @@ class Runner:
         info = self.media.get(job.audio.value)
         return info.seconds if info else None
 
-    def _cost(self, job: Job, results: list[VideoResult]) -> Decimal:
-        """What the results cost: Runware's own figure, else our estimate per result."""
-        if results and all(r.cost is not None for r in results):
-            return sum((Decimal(str(r.cost)) for r in results), Decimal(0))
+    def _cost(self, job: Job, results: list[VideoResult]) -> tuple[Decimal, str]:
+        """What the results cost, and whence: Runware's own figure ("api"), else, for any
+        result without a usable one, our estimate ("estimate": the reports mark it)."""
         seconds = self._seconds(job)
-        return job.catalog_model.cost(seconds, len(results)) if seconds else Decimal(0)
+        guess = Budget.estimate(job.catalog_model, seconds, 1)
+        costs = [guess if r.cost is None else Decimal(str(r.cost)) for r in results]
+        source = "estimate" if any(r.cost is None for r in results) else "api"
+        return sum(costs, Decimal(0)), source
 
 
 def _result_dict(result: VideoResult) -> dict[str, object]:
@@ -455,3 +567,7 @@ def _result_dict(result: VideoResult) -> dict[str, object]:
         "nsfw": result.nsfw,
         "cost": result.cost,
     }
+
+
+def _mtime_ns(path: Path) -> int:
+    return path.stat().st_mtime_ns

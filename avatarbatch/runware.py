@@ -5,29 +5,41 @@ Only this module (with `apierrors.py`) sees httpx and raw answers: every failure
 an `ApiError` subclass that says what to do next, and transient ones are retried here with
 tenacity (exponential backoff with jitter, Retry-After honoured, bounded attempts). The API key
 travels in the Authorization header of API calls only: never to a download URL, a log line,
-an exception or a repr.
+an exception or a repr; and since a server may echo it back, every key is registered with
+`redact.py` when its settings are built, so that errors and log lines quoting it hide it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base
 
 from avatarbatch import __version__, apierrors
-from avatarbatch.errors import ApiError, ConflictError, RejectedError, TransientError
+from avatarbatch.errors import ApiError, ConflictError, RejectedError, TransientError, UsageError
+from avatarbatch.redact import register_secret
 
 log = logging.getLogger("avatarbatch.runware")
 
@@ -37,6 +49,23 @@ DOWNLOAD_CHUNK = 64 * 1024
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # an API answer larger than this is not a real answer
 # Statuses whose errors belong to single tasks of a batch, not to the request as a whole.
 TASK_LEVEL_STATUSES = frozenset({400, 404, 409, 422})
+WEB_SCHEMES = ("http", "https")
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why `value` cannot travel in an HTTP header (as the API key does), or None if it can.
+
+    Says where, never what: the value is a secret.
+    """
+    for position, char in enumerate(value, 1):
+        if not char.isascii():
+            return f"holds a non-ASCII character at position {position}; an API key is plain ASCII"
+        if not char.isprintable():
+            return (
+                f"holds a line break or control character at position {position}; "
+                "an API key is one line of plain text"
+            )
+    return None
 
 
 class ClientSettings(BaseModel):
@@ -56,6 +85,31 @@ class ClientSettings(BaseModel):
     #: whole-exchange deadline of one API request (httpx's timeouts are per read, so a server
     #: sending a byte a minute would otherwise hold a submit or an upload for ever)
     request_timeout: float = 300.0
+
+    @field_validator("api_key")
+    @classmethod
+    def _sendable_key(cls, value: SecretStr) -> SecretStr:
+        # A UsageError, not a ValueError: pydantic lets it through unwrapped, so a key that
+        # cannot be sent stops the command with exit 2 (httpx would crash on a non-ASCII one
+        # and retry a newline as a network error). settings.py checks first, naming the
+        # variable; this catches keys given to the library directly.
+        key = value.get_secret_value().strip()
+        problem = header_value_problem(key)
+        if problem is not None:
+            raise UsageError(f"the API key {problem}")
+        return SecretStr(key)
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Every key passes here (the CLI's, the library's, the sandbox's generated one): from
+        # now on, any text from the API that echoes it is scrubbed (see redact.py).
+        register_secret(self.api_key.get_secret_value())
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        # A copy with a new key skips validation and model_post_init: register that key too.
+        copy = super().model_copy(update=update, deep=deep)
+        key = copy.api_key
+        register_secret(key.get_secret_value() if isinstance(key, SecretStr) else str(key))
+        return copy
 
 
 class RequestGate(Protocol):
@@ -89,6 +143,24 @@ class VideoResult(BaseModel):
         if not value.lower().startswith(("http://", "https://")):
             raise ValueError("videoURL is not an http(s) URL")
         return value
+
+    @field_validator("cost", mode="before")
+    @classmethod
+    def _plausible_cost(cls, value: Any, info: ValidationInfo) -> float | None:
+        # An odd cost must not fail a job that was paid for and rendered: it becomes unknown,
+        # and the runner counts its own estimate instead.
+        if value is None:
+            return None
+        number = _number(value)
+        if number is not None and math.isfinite(number) and number >= 0:
+            return number
+        log.warning(
+            "task %s: Runware reported a cost of %s, which is not a price; "
+            "counting the estimate instead",
+            info.data.get("task_uuid", "(unknown)"),
+            _clip(repr(value)),
+        )
+        return None
 
 
 @dataclass
@@ -355,9 +427,7 @@ class RunwareClient:
         size = 0
         try:
             async with asyncio.timeout(self._settings.download_timeout):
-                async with self._downloads.stream(
-                    "GET", url, headers={"User-Agent": USER_AGENT}, follow_redirects=True
-                ) as response:
+                async with self._followed(url) as response:
                     _check_download_status(response)
                     declared = response.headers.get("content-length")
                     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -382,6 +452,10 @@ class RunwareClient:
             raise RejectedError(f"download of {url} redirects in a loop") from exc
         except httpx.TimeoutException as exc:
             raise TransientError(f"download of {url} timed out", code="timeout") from exc
+        except httpx.UnsupportedProtocol as exc:  # the transport refused the address: as final
+            raise RejectedError(
+                f"download of {url} leads to an address that cannot be fetched"
+            ) from exc
         except httpx.TransportError as exc:
             raise TransientError(
                 f"download of {url} broke off: {type(exc).__name__}", code="connection"
@@ -391,6 +465,40 @@ class RunwareClient:
         if size == 0:
             raise TransientError(f"download of {url} was empty")
         return Download(target, size, digest.hexdigest())
+
+    @contextlib.asynccontextmanager
+    async def _followed(self, url: str) -> AsyncIterator[httpx.Response]:
+        """The streamed answer for `url` after its redirects, which are followed by hand.
+
+        httpx follows a redirect to any scheme and then fails with UnsupportedProtocol, a
+        TransportError that reads as a network hiccup: the paid job would be retried, then
+        left downloading for ever. Here each hop is checked first: a non-http(s) one (file:,
+        ftp:) is a RejectedError, and nothing is ever asked of such an address. An address
+        httpx cannot even parse (`data:...` as a Location) raised InvalidURL, no httpx error
+        at all, which surfaced as a crash: it is a RejectedError too.
+        """
+        client = self._downloads
+        try:
+            request = client.build_request("GET", url, headers={"User-Agent": USER_AGENT})
+        except httpx.InvalidURL as exc:
+            raise RejectedError(f"download of {url} is not a valid address") from exc
+        for hop in range(client.max_redirects + 1):
+            if request.url.scheme not in WEB_SCHEMES:
+                how = "redirected to a non-http(s) address" if hop else "is not an http(s) address"
+                raise RejectedError(f"download of {url} {how}")
+            try:
+                # Even without following, send() works out the next request of a redirect.
+                response = await client.send(request, stream=True, follow_redirects=False)
+            except httpx.InvalidURL as exc:
+                raise RejectedError(f"download of {url} redirected to an invalid address") from exc
+            try:
+                if response.next_request is None:
+                    yield response
+                    return
+                request = response.next_request
+            finally:
+                await response.aclose()
+        raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.", request=request)
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
@@ -473,10 +581,49 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes | None:
 
 
 def _json_body(content: bytes) -> Any:
+    """The decoded answer (None if it is not JSON), where no number is NaN or infinite.
+
+    Python's json reads `NaN`, `Infinity` and `1e999` as floats that poison every sum they
+    join (a cost, a budget); they are read as null, that is, as unknown.
+    """
     try:
-        return json.loads(content)
+        return json.loads(content, parse_constant=_no_constant, parse_float=_finite_float)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+def _no_constant(name: str) -> None:
+    log.warning("Runware's answer held %s, which is not a number; read as unknown", name)
+
+
+def _finite_float(text: str) -> float | None:
+    number = float(text)
+    if math.isfinite(number):
+        return number
+    log.warning("Runware's answer held %s, which is out of range; read as unknown", _clip(text))
+    return None
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number (or a numeric string) as a float; None for anything else, bools too."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:  # an integer too large for a float
+            return None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """A server-sent value, short enough for a log line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _envelope(

@@ -13,7 +13,7 @@ from dotenv import dotenv_values
 from pydantic import SecretStr
 
 from avatarbatch.errors import UsageError
-from avatarbatch.runware import DEFAULT_API_URL, ClientSettings
+from avatarbatch.runware import DEFAULT_API_URL, ClientSettings, header_value_problem
 
 KEY_VARIABLE = "RUNWARE_API_KEY"
 URL_VARIABLE = "RUNWARE_API_URL"
@@ -35,12 +35,16 @@ def client_settings(
 ) -> ClientSettings:
     """Settings for the real API; the environment wins over .env, an option over both."""
     merged = {**(dotenv or {}), **environ}
+    # Stripped first: `RUNWARE_API_KEY=$(cat keyfile)` and editors leave a trailing newline.
     key = merged.get(KEY_VARIABLE, "").strip()
     if not key:
         raise UsageError(
             f"no API key: set {KEY_VARIABLE} in the environment or in a .env file to use the "
             "Runware API, or add --sandbox to run against the local sandbox instead"
         )
+    problem = header_value_problem(key)
+    if problem is not None:  # checked before any request: httpx would crash or retry on it
+        raise UsageError(f"{KEY_VARIABLE} {problem}")
     url = api_url or merged.get(URL_VARIABLE, "").strip() or DEFAULT_API_URL
     if not url.lower().startswith(("http://", "https://")):
         raise UsageError(f"the API URL must be http(s), got {url!r}")

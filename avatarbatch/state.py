@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import time
@@ -71,10 +72,61 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     _S.SUBMITTING: frozenset({_S.PENDING, _S.UPLOADING, _S.SUBMITTING, _S.PROCESSING, _S.FAILED}),
     _S.PROCESSING: frozenset({_S.PENDING, _S.PROCESSING, _S.DOWNLOADING, _S.SUBMITTING, _S.FAILED}),
     _S.DOWNLOADING: frozenset({_S.PENDING, _S.DOWNLOADING, _S.DONE, _S.FAILED}),
-    _S.DONE: frozenset({_S.PENDING}),
+    # back to DOWNLOADING: the video on disk is missing or changed; its paid URL may still live
+    _S.DONE: frozenset({_S.PENDING, _S.DOWNLOADING}),
     _S.FAILED: frozenset({_S.PENDING}),
 }
 _STATUS_BY_VALUE = {status.value: status for status in JobStatus}
+
+
+class TaskStatus(StrEnum):
+    """Where one task UUID stands in the ledger: what it may cost, and what it did cost."""
+
+    SUBMITTING = "submitting"  #: written before the POST: it may or may not have landed
+    ACCEPTED = "accepted"  #: the API has it; it will be billed if it renders
+    BILLED = "billed"  #: results arrived; billed_cost is what they cost
+    UNBILLED = "unbilled"  #: it ended without a result (a failed generation): nothing billed
+    REFUSED = "refused"  #: the API refused the submission: nothing billed
+
+
+#: Statuses whose task may still be billed: counted at their estimate until they settle.
+OPEN_TASK_STATUSES = (TaskStatus.SUBMITTING.value, TaskStatus.ACCEPTED.value)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEntry:
+    """One write to the ledger, made in the same transaction as the job's move."""
+
+    task_uuid: str
+    status: TaskStatus
+    attempt: int | None = None  #: set when the task is first written
+    spec_hash: str | None = None
+    run_id: int | None = None
+    estimated_cost: float | None = None
+    billed_cost: float | None = None
+    cost_source: str | None = None  #: "api", or "estimate" when the API gave no usable cost
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedFile:
+    """A file avatarbatch wrote into the output folder (path relative to it, POSIX style)."""
+
+    path: str
+    job_id: str | None = None  #: None for report files
+    bytes: int | None = None
+    sha256: str | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobMoney:
+    """What the ledger says one job id cost, over every attempt this state file recorded."""
+
+    billed: float  #: everything billed for this job id
+    earlier: float  #: the part billed for attempts other than the current one
+    open_estimate: float  #: estimates of tasks that may still be billed
+    estimated_only: bool  #: some billed figure is our estimate: the API gave no usable cost
+    model: str | None  #: the job's model as the state file last knew it
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +249,74 @@ def m001_initial(db: Database) -> None:
     db.execute("CREATE INDEX events_job_id ON events (job_id)")
 
 
+@migration
+def m002_ledger(db: Database) -> None:
+    """tasks: every task UUID ever submitted and what it cost; files: what avatarbatch wrote.
+
+    `jobs.actual_cost` is the current attempt's cost and was reset by a changed spec, so money
+    billed for superseded attempts survived only in `events`: rebuild the ledger from there.
+    """
+    db.execute("""CREATE TABLE tasks (
+        task_uuid TEXT PRIMARY KEY, job_id TEXT NOT NULL, spec_hash TEXT,
+        attempt INTEGER NOT NULL, status TEXT NOT NULL, run_id INTEGER,
+        estimated_cost REAL, billed_cost REAL, cost_source TEXT,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL)""")
+    db.execute("CREATE INDEX tasks_job_id ON tasks (job_id)")
+    db.execute("CREATE INDEX tasks_run_id ON tasks (run_id)")
+    db.execute("""CREATE TABLE files (
+        path TEXT PRIMARY KEY, job_id TEXT, bytes INTEGER, sha256 TEXT, mtime_ns INTEGER,
+        written_at REAL NOT NULL)""")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    if db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0:
+        # A new file: its paths are written relative from the start, nothing to adopt.
+        db.execute("INSERT INTO meta (key, value) VALUES ('outputs_relative', '1')")
+    db.conn.executemany(
+        "INSERT INTO tasks (task_uuid, job_id, spec_hash, attempt, status, estimated_cost, "
+        "billed_cost, cost_source, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        _ledger_from_events(db),
+    )
+
+
+def _ledger_from_events(db: Database) -> list[tuple[Any, ...]]:
+    """Task rows recovered from the transition log of a state file written before the ledger."""
+    tasks: dict[str, list[Any]] = {}
+    current: dict[str, str] = {}  # job id -> its latest task UUID
+    specs: dict[str, str] = {}
+    for at, job_id, kind, text in db.execute(
+        "SELECT at, job_id, kind, detail FROM events WHERE job_id IS NOT NULL ORDER BY id"
+    ):
+        try:
+            detail = json.loads(text) if text else {}
+        except ValueError:
+            continue
+        if not isinstance(detail, dict):
+            continue
+        if kind in ("created", "changed") and isinstance(detail.get("spec_hash"), str):
+            specs[job_id] = detail["spec_hash"]
+        if kind != "transition":
+            continue
+        uuid = detail.get("task_uuid")
+        if isinstance(uuid, str) and uuid not in tasks:
+            attempt = detail.get("attempts") if isinstance(detail.get("attempts"), int) else 1
+            status = TaskStatus.SUBMITTING.value
+            tasks[uuid] = [uuid, job_id, specs.get(job_id), attempt, status, None, None, None, at]
+            current[job_id] = uuid
+        task = tasks.get(current.get(job_id, ""))
+        if task is None:
+            continue
+        if detail.get("to") == JobStatus.PROCESSING.value:
+            task[4] = TaskStatus.ACCEPTED.value
+        cost = _float(detail["actual_cost"]) if "actual_cost" in detail else None
+        if cost is not None:
+            task[4], task[6], task[7] = TaskStatus.BILLED.value, cost, "recovered"
+    for job_id, latest in db.execute("SELECT id, task_uuid FROM jobs"):
+        for task in tasks.values():
+            # An earlier attempt whose cost never reached the log was not billed (it failed).
+            if task[1] == job_id and task[0] != latest and task[4] != TaskStatus.BILLED.value:
+                task[4], task[6] = TaskStatus.UNBILLED.value, 0.0
+    return [(*task, task[-1]) for task in tasks.values()]
+
+
 def _json_default(value: object) -> Any:
     if isinstance(value, Decimal):
         return float(value)
@@ -206,12 +326,31 @@ def _json_default(value: object) -> Any:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_default, ensure_ascii=False)
+    # allow_nan=False: SQLite's JSON functions refuse NaN, and one such value made every later
+    # run and report die on "malformed JSON". _finite() has replaced them before this point.
+    return json.dumps(_finite(value), default=_json_default, ensure_ascii=False, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """The value with every NaN or infinite float (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _float(value: Any) -> float | None:
-    """Costs may arrive as Decimal (plan.py computes in Decimal); SQLite stores REAL."""
-    return None if value is None else float(value)
+    """Costs may arrive as Decimal (plan.py computes in Decimal); SQLite stores REAL.
+
+    A number that is not finite is stored as unknown: NaN in a sum poisons every total.
+    """
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _column_value(name: str, value: Any) -> Any:
@@ -372,14 +511,48 @@ class StateStore:
         )
 
     def _select(self, where: str = "", params: Iterable[Any] = ()) -> list[JobRecord]:
-        rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY rowid",  # noqa: S608 (fixed names)
-            list(params),
-        ).fetchall()
-        try:
+        with self._readable():
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY rowid",  # noqa: S608 (fixed names)
+                list(params),
+            ).fetchall()
             return [_record(row) for row in rows]
-        except ValueError as exc:
-            raise StateError(f"{self.path} holds a job that cannot be read: {exc}") from exc
+
+    @contextmanager
+    def _readable(self) -> Iterator[None]:
+        """A row that cannot be decoded (a flipped byte passes quick_check) is a clean error
+        naming the job, never a UnicodeDecodeError or JSON traceback."""
+        try:
+            yield
+        except (ValueError, sqlite3.OperationalError, sqlite3.DataError) as exc:
+            text = str(exc)
+            if isinstance(exc, sqlite3.OperationalError) and not (
+                "decode" in text or "malformed JSON" in text
+            ):
+                raise
+            raise StateError(
+                f"{self.path} holds a job that cannot be read ({self._unreadable_job()}: "
+                f"{exc}); restore the file from a backup, or move it away to start afresh"
+            ) from exc
+
+    def _unreadable_job(self) -> str:
+        """The id of the first job row whose text or JSON does not decode, for the message."""
+        conn = self._db.conn
+        previous = conn.text_factory
+        conn.text_factory = bytes
+        try:
+            for row in conn.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY rowid"):  # noqa: S608
+                try:
+                    texts = [v.decode("utf-8") if isinstance(v, bytes) else v for v in row]
+                    _record(tuple(texts))
+                except ValueError:
+                    name = (
+                        row[0].decode("utf-8", "replace") if isinstance(row[0], bytes) else row[0]
+                    )
+                    return f"job {name!r}"
+        finally:
+            conn.text_factory = previous
+        return "a job"
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -426,19 +599,19 @@ class StateStore:
 
     def overview(self) -> dict[str, JobOverview]:
         """Every job by id, in insertion order, as summaries and reports need it."""
-        rows = self._db.execute(
-            "SELECT id, status, attempts, task_uuid, audio_seconds, estimated_cost, actual_cost, "
-            "json_array_length(results), outputs, error_message FROM jobs ORDER BY rowid"
-        )
-        try:
+        with self._readable():
+            rows = self._db.execute(
+                "SELECT id, status, attempts, task_uuid, audio_seconds, estimated_cost, "
+                "actual_cost, json_array_length(results), outputs, error_message FROM jobs "
+                "ORDER BY rowid"
+            )
             return {row[0]: JobOverview(JobStatus(row[1]), *row[2:]) for row in rows}
-        except ValueError as exc:
-            raise StateError(f"{self.path} holds a job that cannot be read: {exc}") from exc
 
     def planning_view(self) -> dict[str, StoredJob]:
         """What `plan.build_plan` needs to know about each stored job."""
-        rows = self._db.execute("SELECT id, spec_hash, status FROM jobs ORDER BY rowid")
-        return {job_id: StoredJob(spec, status) for job_id, spec, status in rows}
+        with self._readable():
+            rows = self._db.execute("SELECT id, spec_hash, status FROM jobs ORDER BY rowid")
+            return {job_id: StoredJob(spec, status) for job_id, spec, status in rows}
 
     def ensure_job(
         self,
@@ -502,8 +675,20 @@ class StateStore:
         # Statuses, not records: decoding 100,000 records again took longer than the rest.
         return {spec.id: JobStatus(stored[spec.id][1]) for spec in specs}
 
-    def transition(self, job_id: str, to: JobStatus, **fields: Any) -> JobRecord:
-        """Move a job to `to` and update the given fields, as one logged transaction."""
+    def transition(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        tasks: Iterable[TaskEntry] = (),
+        files: Iterable[OwnedFile] = (),
+        **fields: Any,
+    ) -> JobRecord:
+        """Move a job to `to` and update the given fields, as one logged transaction.
+
+        `tasks` write the ledger and `files` the owned-files record in the same transaction,
+        so money and files can never disagree with the job's status after a crash.
+        """
         unknown = sorted(set(fields) - _TRANSITION_FIELDS)
         if unknown:
             raise TypeError(f"transition() got unexpected field(s): {', '.join(unknown)}")
@@ -520,9 +705,49 @@ class StateStore:
             assignments = ", ".join(f"{name} = :{name}" for name in values if name != "id")
             # The column names come from _TRANSITION_FIELDS, never from the caller's text.
             db.execute(f"UPDATE jobs SET {assignments} WHERE id = :id", values)  # noqa: S608
+            for task in tasks:
+                self._write_task(job_id, task)
+            self._own(files, job_id)
             self._event(job_id, "transition", {"from": row[0], "to": target.value, **fields})
             (record,) = self._select("WHERE id = ?", [job_id])
         return record
+
+    def _write_task(self, job_id: str, task: TaskEntry) -> None:
+        now = self._clock()
+        self._db.execute(
+            """INSERT INTO tasks (task_uuid, job_id, spec_hash, attempt, status, run_id,
+                                  estimated_cost, billed_cost, cost_source, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (task_uuid) DO UPDATE SET
+                   status = excluded.status, updated_at = excluded.updated_at,
+                   run_id = coalesce(excluded.run_id, run_id),
+                   estimated_cost = coalesce(excluded.estimated_cost, estimated_cost),
+                   billed_cost = coalesce(excluded.billed_cost, billed_cost),
+                   cost_source = coalesce(excluded.cost_source, cost_source)""",
+            [
+                task.task_uuid,
+                job_id,
+                task.spec_hash,
+                task.attempt or 1,
+                task.status.value,
+                task.run_id,
+                _float(task.estimated_cost),
+                _float(task.billed_cost),
+                task.cost_source,
+                now,
+                now,
+            ],
+        )
+
+    def _own(self, files: Iterable[OwnedFile], job_id: str | None) -> None:
+        now = self._clock()
+        self._db.conn.executemany(
+            "INSERT INTO files (path, job_id, bytes, sha256, mtime_ns, written_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET job_id = excluded.job_id, "
+            "bytes = excluded.bytes, sha256 = excluded.sha256, mtime_ns = excluded.mtime_ns, "
+            "written_at = excluded.written_at",
+            [(f.path, f.job_id or job_id, f.bytes, f.sha256, f.mtime_ns, now) for f in files],
+        )
 
     def record_event(
         self, job_id: str | None, kind: str, detail: dict[str, Any] | None = None
@@ -568,6 +793,123 @@ class StateStore:
             counts[status] = count
         return counts
 
-    def spend(self) -> float:
-        """Sum of the billed cost of every job's current results."""
-        return float(self._db.execute("SELECT total(actual_cost) FROM jobs").fetchone()[0])
+    def spend(self, run_id: int | None = None) -> float:
+        """What the provider billed through this state file (or for one run's submissions).
+
+        A sum over the ledger, not over `jobs`: a changed spec, a retry or a removed row keeps
+        every cent it cost here.
+        """
+        if run_id is None:
+            row = self._db.execute("SELECT total(billed_cost) FROM tasks").fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT total(billed_cost) FROM tasks WHERE run_id = ?", [run_id]
+            ).fetchone()
+        return float(row[0])
+
+    def money_by_job(self) -> dict[str, JobMoney]:
+        """The ledger summed per job id, removed jobs included (in the order first submitted)."""
+        open_statuses = ", ".join(f"'{status}'" for status in OPEN_TASK_STATUSES)
+        rows = self._db.execute(
+            f"""SELECT t.job_id, total(t.billed_cost),
+                       total(CASE WHEN t.task_uuid IS NOT j.task_uuid THEN t.billed_cost END),
+                       total(CASE WHEN t.status IN ({open_statuses}) THEN t.estimated_cost END),
+                       max(t.cost_source = 'estimate'), j.model
+                FROM tasks t LEFT JOIN jobs j ON j.id = t.job_id
+                GROUP BY t.job_id ORDER BY min(t.rowid)"""  # noqa: S608 (fixed names)
+        )
+        return {
+            job_id: JobMoney(float(billed), float(earlier), float(pending), bool(guessed), model)
+            for job_id, billed, earlier, pending, guessed, model in rows
+        }
+
+    def tasks(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """Ledger rows, oldest first (one job's, if given)."""
+        where, params = ("WHERE job_id = ?", [job_id]) if job_id is not None else ("", [])
+        return list(self._db.query(f"SELECT * FROM tasks {where} ORDER BY rowid", params))  # noqa: S608
+
+    # -- files --------------------------------------------------------------------------
+
+    def owned_files(self) -> dict[str, OwnedFile]:
+        """Every file avatarbatch recorded writing, by path relative to the output folder."""
+        return {
+            row[0]: OwnedFile(*row)
+            for row in self._db.execute(
+                "SELECT path, job_id, bytes, sha256, mtime_ns FROM files ORDER BY rowid"
+            )
+        }
+
+    def file_owners(self, paths: Iterable[str]) -> dict[str, str | None]:
+        """The job that owns each of these paths (None: a report file); unknown paths left out."""
+        rows = self._db.execute(
+            "SELECT path, job_id FROM files WHERE path IN (SELECT value FROM json_each(?))",
+            [json.dumps(list(paths))],
+        )
+        return dict(rows.fetchall())
+
+    def own_files(self, files: Iterable[OwnedFile]) -> None:
+        """Record files written outside a job's move (reports, a renamed video)."""
+        with self._transaction():
+            self._own(files, None)
+
+    def rename_outputs(self, renames: dict[str, dict[str, str]], out: Path) -> None:
+        """Record moved videos: job id -> {old relative path: new one}, in one transaction."""
+        with self._transaction() as db:
+            for job_id, moves in renames.items():
+                row = db.execute("SELECT outputs FROM jobs WHERE id = ?", [job_id]).fetchone()
+                outputs = json.loads(row[0]) if row else []
+                for output in outputs:
+                    new = moves.get(str(output.get("path")))
+                    if new is not None:
+                        output["path"] = new
+                db.execute(
+                    "UPDATE jobs SET outputs = ?, updated_at = ? WHERE id = ?",
+                    [_dumps(outputs), self._clock(), job_id],
+                )
+                for old, new in moves.items():
+                    db.execute("DELETE FROM files WHERE path = ?", [new])
+                    db.execute("UPDATE files SET path = ? WHERE path = ?", [new, old])
+                self._event(job_id, "renamed", {"moves": moves})
+
+    def relativize_outputs(
+        self, out: Path, relative: Callable[[Path, str], str], *, adopt: Iterable[str] = ()
+    ) -> None:
+        """Once per state file written before the ledger: store output paths relative to the
+        output folder, and record them and the report files found there (`adopt`) as owned."""
+        if self.meta("outputs_relative") is not None:
+            return
+        with self._transaction() as db:
+            rows = db.execute("SELECT id, outputs FROM jobs WHERE outputs != '[]'").fetchall()
+            files = []
+            for job_id, text in rows:
+                outputs = json.loads(text)
+                for output in outputs:
+                    output["path"] = relative(out, str(output["path"]))
+                    files.append(
+                        OwnedFile(output["path"], job_id, output.get("bytes"), output.get("sha256"))
+                    )
+                db.execute("UPDATE jobs SET outputs = ? WHERE id = ?", [_dumps(outputs), job_id])
+            self._own([*files, *(OwnedFile(path) for path in adopt)], None)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('outputs_relative', '1') "
+                "ON CONFLICT (key) DO NOTHING"
+            )
+
+    def disown_files(self, paths: Iterable[str]) -> None:
+        """Forget files that are gone (deleted by us, or found missing)."""
+        with self._transaction() as db:
+            db.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+
+    # -- meta ---------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from avatarbatch import batch
+from avatarbatch import batch, outputs
 from avatarbatch.errors import UsageError
 from avatarbatch.manifest import load_manifest
 from avatarbatch.plan import StoredJob
@@ -38,6 +38,9 @@ def load(manifest: Path | None, *, state: Path | None, out: Path | None) -> dict
             "jobs": len(jobs),
             "by_status": store.counts(),
             "spend": round(store.spend(), 5),
+            "damaged_videos": outputs.damaged_videos(
+                store.overview(), store.owned_files(), out or state.parent
+            ),
             "estimated": round(sum(j.estimated_cost or 0.0 for j in jobs.values()), 5),
             "failures": [
                 {"id": j.id, "error_code": j.error_code, "error_message": j.error_message}
@@ -65,6 +68,7 @@ def rewrite_reports(
         raise UsageError(f"no state file at {state}: nothing has run yet")
     store = StateStore.open(state)
     try:
+        batch.take_over_folder(store, folder, state, write=False)
         data = write_reports(loaded, store, folder)
     finally:
         store.close()

@@ -125,8 +125,9 @@ def run_summary(summary: RunSummary) -> str:
         f"{summary.report.rstrip()}\n\n"
         f"{summary.jobs} jobs: {summary.done} done, {summary.failed} failed, "
         f"{summary.pending} unfinished ({summary.submitted} submitted now, {summary.skipped} "
-        f"already done); cost ${summary.cost_actual:,.4f} "
-        f"(estimate ${summary.cost_estimated:,.4f})\n"
+        f"already done); cost this run ${summary.cost_this_run:,.5f}, "
+        f"${summary.cost_actual:,.5f} in all through this state file "
+        f"(estimate ${summary.cost_estimated:,.5f})\n"
         f"{summary.message}\n"
         f"gallery: {summary.output_dir}/index.html  state: {summary.state_file}"
     ).lstrip()
@@ -138,8 +139,16 @@ def print_status(console: Console, report: dict[str, Any]) -> None:
         f"{report['state_file']}: {report['jobs']} jobs ({counts or 'none'})", markup=False
     )
     console.print(
-        f"spent ${report['spend']:,.4f} of an estimated ${report['estimated']:,.4f}", markup=False
+        f"spent ${report['spend']:,.5f} (every attempt billed through this state file), "
+        f"current jobs estimated ${report['estimated']:,.5f}",
+        markup=False,
     )
+    for job_id, reason in report.get("damaged_videos", {}).items():
+        console.print(
+            f"video of {job_id}: {reason}; the next run downloads it again from its result URL",
+            markup=False,
+            style="yellow",
+        )
     for failure in report["failures"]:
         console.print(
             f"failed {failure['id']}: {failure['error_message']}", markup=False, style="red"

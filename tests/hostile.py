@@ -60,6 +60,7 @@ class HostileApi:
         self.closing = threading.Event()
         self.video = b""  #: what any other GET path serves (see `_file`): set by the test
         self.big_bytes = 0  #: size of /hostile/big
+        self.big_video: bytes | None = None  #: served at /hostile/big instead, when set
         self.router = Router(
             routes=[
                 Route("/hostile/huge", self._huge),
@@ -160,7 +161,8 @@ class HostileApi:
     async def _big(self, request: Request) -> Response:
         self.hits["big"] += 1
         self.sent["big"] += self.big_bytes
-        return Response(b"\1" * self.big_bytes, media_type="video/mp4")
+        body = self.big_video if self.big_video is not None else b"\1" * self.big_bytes
+        return Response(body, media_type="video/mp4")
 
     async def _file(self, request: Request) -> Response:
         """The real video under any name, with a Content-Disposition that tries to escape."""

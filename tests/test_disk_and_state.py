@@ -29,6 +29,7 @@ from avatarbatch.poller import PollTiming
 from avatarbatch.preflight import preflight
 from avatarbatch.runware import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
+from avatarbatch.sandbox.render import pad_video, render_stub
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
 from avatarbatch.state import JobStatus, StateStore
 from conftest import as_unprivileged
@@ -40,7 +41,8 @@ HANG_GUARD = 60  #: seconds: a run or a child process that takes longer is hangi
 TWO_JOBS = (
     "version: 1\njobs:\n"
     "  - {id: a, portrait: media/face.png, audio: media/en.wav}\n"
-    "  - {id: b, portrait: media/face.png, audio: media/es.wav}\n"
+    # Both 3 s long: the big-video test serves one real 3 s video for every result.
+    "  - {id: b, portrait: media/face.png, audio: media/en.wav}\n"
 )
 runner = CliRunner()
 
@@ -155,9 +157,14 @@ def big_videos(exchange: Exchange) -> Response:
 
 
 @pytest.fixture
-def big_video_server() -> Iterator[Serving]:
+def big_video_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
+    # A real video padded to VIDEO_BYTES: every download is checked to be a video.
+    folder = tmp_path_factory.mktemp("big")
+    asyncio.run(render_stub(3.0, "MP4", folder / "a.mp4", cache_dir=folder))
+    pad_video(folder / "a.mp4", VIDEO_BYTES)
     with serving(QUICK) as server:
         server.api.big_bytes = VIDEO_BYTES
+        server.api.big_video = (folder / "a.mp4").read_bytes()
         server.api.lie("getResponse", big_videos)
         yield server
 
@@ -195,7 +202,7 @@ def test_a_full_disk_during_a_download_stops_cleanly_and_the_next_run_completes(
     assert again.exit_code == 0, again.output
     assert summary(again)["done"] == 2
     assert big_video_server.api.engine.ledger()["submissions"] == paid == 2  # nothing paid twice
-    expected = hashlib.sha256(b"\1" * VIDEO_BYTES).hexdigest()
+    expected = hashlib.sha256(big_video_server.api.big_video or b"").hexdigest()
     for name in ("a.mp4", "b.mp4"):
         assert hashlib.sha256((videos / name).read_bytes()).hexdigest() == expected
     assert sorted(p.name for p in videos.iterdir()) == ["a.mp4", "b.mp4"]

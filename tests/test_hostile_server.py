@@ -29,6 +29,7 @@ from avatarbatch.cli import app
 from avatarbatch.poller import PollTiming
 from avatarbatch.runware import MAX_RESPONSE_BYTES, ClientSettings, RunwareClient, make_http_client
 from avatarbatch.sandbox.config import SandboxConfig
+from avatarbatch.sandbox.render import render_stub
 from avatarbatch.state import JobRecord, JobStatus, StateStore
 
 QUICK_POLL = PollTiming(initial=0.05, min_interval=0.05, max_interval=0.3)
@@ -40,9 +41,12 @@ MANIFEST = "version: 1\njobs:\n  - {id: a, portrait: media/face.png, audio: medi
 
 
 @pytest.fixture(scope="module")
-def shared_server() -> Iterator[Serving]:
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
+    # A real video of the manifest's audio length: every download is checked to be one.
+    folder = tmp_path_factory.mktemp("video")
+    asyncio.run(render_stub(3.0, "MP4", folder / "a.mp4", cache_dir=folder))
     with serving(QUICK) as running:
-        running.api.video = b"\0\0\0\x18ftypmp42" + bytes(range(256)) * 64
+        running.api.video = (folder / "a.mp4").read_bytes()
         yield running
 
 
@@ -375,7 +379,7 @@ def test_a_video_url_with_path_tricks_lands_under_its_manifest_name(
     video = tmp_path / "out" / "videos" / "a.mp4"
     assert video.read_bytes() == server.api.video  # what the tricky URL served, and only there
     record = job(tmp_path)
-    assert record.outputs[0]["path"] == str(video)
+    assert record.outputs[0]["path"] == "videos/a.mp4"  # relative to the output folder
     assert record.outputs[0]["sha256"] == hashlib.sha256(server.api.video).hexdigest()
     assert server.api.hits["file"] == 1
     check_contained(tmp_path, before)

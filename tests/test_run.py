@@ -133,7 +133,7 @@ def test_a_crash_at_any_write_ahead_point_loses_nothing_and_pays_once(
     billed_once_per_job(sandbox, 7)
     for job in StateStore.open(tmp_path / "out" / "state.sqlite").jobs().values():
         assert job.status is JobStatus.DONE and job.attempts == 1
-        assert all(Path(o["path"]).exists() for o in job.outputs)
+        assert all((tmp_path / "out" / o["path"]).exists() for o in job.outputs)
     assert not list((tmp_path / "out" / "videos").glob(".*.part"))
 
 

@@ -32,6 +32,8 @@ from avatarbatch.state import (
     JobStatus,
     StateError,
     StateStore,
+    TaskEntry,
+    TaskStatus,
 )
 
 S = JobStatus
@@ -127,15 +129,19 @@ def test_a_later_migration_is_applied_once_to_an_older_file(
     StateStore.open(path).close()
     calls: list[str] = []
 
-    def m002_test_notes(db: sqlite_utils.Database) -> None:
-        calls.append("m002")
+    def m099_test_notes(db: sqlite_utils.Database) -> None:
+        calls.append("m099")
         db.execute("CREATE TABLE notes (text TEXT)")
 
-    monkeypatch.setattr(state_module, "MIGRATIONS", [*MIGRATIONS, m002_test_notes])
+    monkeypatch.setattr(state_module, "MIGRATIONS", [*MIGRATIONS, m099_test_notes])
     StateStore.open(path).close()
     StateStore.open(path).close()
-    assert calls == ["m002"]
-    assert sql(path, "select name from _migrations") == [("m001_initial",), ("m002_test_notes",)]
+    assert calls == ["m099"]
+    assert sql(path, "select name from _migrations") == [
+        ("m001_initial",),
+        ("m002_ledger",),
+        ("m099_test_notes",),
+    ]
 
 
 def test_the_state_file_and_its_wal_are_private_even_under_a_loose_umask(path: Path) -> None:
@@ -282,7 +288,7 @@ ILLEGAL = sorted((a, b) for a, b in itertools.product(S, S) if b not in TRANSITI
 
 
 def test_the_table_allows_every_documented_move_and_nothing_else() -> None:
-    assert len(LEGAL) == 4 + 4 + 5 + 5 + 4 + 1 + 1
+    assert len(LEGAL) == 4 + 4 + 5 + 5 + 4 + 2 + 1
     assert all((status, S.PENDING) in LEGAL for status in S)
     assert (S.PROCESSING, S.SUBMITTING) in LEGAL
     assert (S.SUBMITTING, S.UPLOADING) in LEGAL  # a submission refused for a forgotten upload
@@ -518,9 +524,11 @@ def test_counts_cover_every_status_and_spend_sums_actual_costs(store: StateStore
     assert store.counts() == dict.fromkeys([s.value for s in S], 0)
     assert store.spend() == 0.0
     job_at(store, S.DOWNLOADING, "a")
-    store.transition("a", S.DONE, actual_cost=0.25)
+    billed = TaskEntry("task-a", TaskStatus.BILLED, billed_cost=0.25, cost_source="api")
+    store.transition("a", S.DONE, tasks=[billed], actual_cost=0.25)
     job_at(store, S.PROCESSING, "b")
-    store.transition("b", S.FAILED, actual_cost=0.5, error_code="nsfw")
+    billed = TaskEntry("task-b", TaskStatus.BILLED, billed_cost=0.5, cost_source="api")
+    store.transition("b", S.FAILED, tasks=[billed], actual_cost=0.5, error_code="nsfw")
     store.ensure_job("c", **SPEC)
     assert store.counts() == {
         **dict.fromkeys([s.value for s in S], 0),

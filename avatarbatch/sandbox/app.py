@@ -14,11 +14,12 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -29,6 +30,10 @@ from avatarbatch.sandbox.store import MEDIA_ROUTE, InputError, decode_inline, fe
 from avatarbatch.sandbox.validation import TaskError
 
 Items = list[dict[str, Any]]
+# What a CDN or proxy answers in place of a video it cannot serve, with status 200 all the same.
+HTML_ERROR_PAGE = b"<html><body><h1>503 Service Unavailable</h1></body></html>"
+STREAM_CHUNK = 1024 * 1024
+VIDEO_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "mov": "video/quicktime"}
 
 
 class ConnectionDropped(Exception):
@@ -51,6 +56,16 @@ class DroppedResponse(Response):
             }
         )
         raise ConnectionDropped("connection dropped on purpose (sandbox fault)")
+
+
+class LenientJSONResponse(JSONResponse):
+    """JSON that may hold NaN and Infinity as bare tokens, as Python's json.dumps writes them.
+
+    Starlette refuses them; the money faults need them, the way a sloppy server emits them.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def create_app(config: SandboxConfig | None = None) -> Starlette:
@@ -117,13 +132,15 @@ class _Api:
             return _errors([_error_item(error, {})], 400)
         for task_type in {str(t.get("taskType")) for t in tasks}:
             engine.posts_with[task_type] += 1
-        tasks, authorized = self._authenticate(request, tasks)
-        if not authorized:
+        tasks, key = self._caller_key(request, tasks)
+        if not self._authorized(key):
             error = TaskError("invalidApiKey", "Invalid API key.", "apiKey", 401)
             return _errors([_error_item(error, {"taskType": "authentication"})], 401)
+        request.state.api_key = key  # for the tasks it submits, which `echo_key` may leak
         return await self._with_faults(request, tasks)
 
-    def _authenticate(self, request: Request, tasks: Items) -> tuple[Items, bool]:
+    def _caller_key(self, request: Request, tasks: Items) -> tuple[Items, str]:
+        """The tasks without an authentication task, and the key from it or the header."""
         key = ""
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
@@ -131,9 +148,11 @@ class _Api:
         if tasks and tasks[0].get("taskType") == "authentication":
             key = str(tasks[0].get("apiKey") or "")
             tasks = tasks[1:]
+        return tasks, key
+
+    def _authorized(self, key: str) -> bool:
         expected = self.config.api_key
-        ok = bool(key) and (expected is None or hmac.compare_digest(key, expected))
-        return tasks, ok
+        return bool(key) and (expected is None or hmac.compare_digest(key, expected))
 
     async def _with_faults(self, request: Request, tasks: Items) -> Response:
         faults = self.engine.faults
@@ -146,6 +165,9 @@ class _Api:
             return _errors([_error_item(error, {})], 429, headers)
         if faults.hits("http500", key):
             return _server_error(faults.choice("http500", key, 3))
+        submits = any(t.get("taskType") == "videoInference" for t in tasks)
+        if submits and faults.hits("echo_key", key):
+            return _key_echo_error(_api_key(request))
         if faults.hits("slow", key):
             await asyncio.sleep(self.config.slow_seconds)
         if faults.hits("reset", key):
@@ -180,7 +202,7 @@ class _Api:
             body["errors"] = errors
         if not body:
             body["data"] = []
-        return JSONResponse(body, status_code=status)
+        return LenientJSONResponse(body, status_code=status)
 
     async def _one(
         self, request: Request, task: dict[str, Any]
@@ -234,7 +256,7 @@ class _Api:
         refusal = self._invalid_submission(task)
         if refusal is not None:
             return [], [], refusal
-        self.engine.accept(task, _base_url(request))
+        self.engine.accept(task, _base_url(request), _api_key(request))
         return [{"taskType": "videoInference", "taskUUID": uuid}], [], None
 
     def _first_invalid_submission(self, tasks: Items) -> TaskError | None:
@@ -303,14 +325,56 @@ class _Api:
                 ],
                 404,
             )
-        result, _ = found
+        result, task = found
         assert result.path is not None
-        media_type = {"mp4": "video/mp4", "webm": "video/webm", "mov": "video/quicktime"}[
-            result.path.suffix[1:]
-        ]
-        if self.engine.faults.hits("truncate", result.video_uuid):
-            return DroppedResponse(result.path.read_bytes(), media_type)
-        return FileResponse(result.path, media_type=media_type)
+        media_type = VIDEO_TYPES[result.path.suffix[1:]]
+        faulty = self._faulty_video(Engine.result_key(task, result), result.path, media_type)
+        return faulty or FileResponse(result.path, media_type=media_type)
+
+    def _faulty_video(self, key: str, path: Path, media_type: str) -> Response | None:
+        """A broken answer for this download, if a download fault hits it.
+
+        Drawn per video and per attempt, so a retried download of the same video can succeed.
+        """
+        faults = self.engine.faults
+        if faults.hits("truncate", key):
+            return DroppedResponse(path.read_bytes(), media_type)
+        if faults.hits("html_video", key):
+            return Response(HTML_ERROR_PAGE, media_type="text/html")
+        if faults.hits("short_body", key):
+            # A Content-Length that matches the cut: no length check can notice.
+            third = path.stat().st_size // 3
+            headers = {"content-length": str(third)}
+            return StreamingResponse(_prefix(path, third), headers=headers, media_type=media_type)
+        if faults.hits("cut", key):
+            # No Content-Length: the body is close-delimited (chunked over HTTP/1.1) and ends
+            # cleanly, so only the file itself can tell it is short.
+            return StreamingResponse(_prefix(path, path.stat().st_size // 2), media_type=media_type)
+        return None
+
+
+async def _prefix(path: Path, length: int) -> AsyncIterator[bytes]:
+    """The first `length` bytes of a file, read in a thread chunk by chunk (videos are big)."""
+    with path.open("rb") as handle:
+        while length > 0:
+            chunk = await asyncio.to_thread(handle.read, min(STREAM_CHUNK, length))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk
+
+
+def _api_key(request: Request) -> str:
+    return str(getattr(request.state, "api_key", ""))
+
+
+def _key_echo_error(key: str) -> Response:
+    """A 500 whose text repeats the caller's key, as careless upstream error pages do."""
+    message = (
+        f"Invalid request for key {key} (injected). Request headers: Authorization: Bearer {key}"
+    )
+    error = TaskError("internalServerError", message, None, 500)
+    return _errors([_error_item(error, {})], 500)
 
 
 def _base_url(request: Request) -> str:

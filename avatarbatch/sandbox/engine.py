@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import random
 import tempfile
 import time
@@ -43,6 +44,8 @@ log = logging.getLogger("avatarbatch.sandbox")
 VIDEO_ROUTE = "/sandbox/video/"
 # Codes of injected failed generations: both are transient in the official SDK's taxonomy.
 FAILED_GENERATION_CODES = ("timeoutProvider", "providerError")
+# What the money faults report instead of the price; the ledger keeps billing the true one.
+BOGUS_COSTS: dict[str, float] = {"nan_cost": math.nan, "inf_cost": math.inf, "negative_cost": -0.5}
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Task:
     request: dict[str, Any]
     base_url: str  #: scheme://host:port the client used, to build result URLs it can reach
     accepted_at: float
+    api_key: str = ""  #: the submitter's key, only so that `echo_key` can leak it
     results: list[Result] = field(default_factory=list)
     seconds: float | None = None
     finished: bool = False
@@ -126,12 +130,12 @@ class Engine:
 
     # --- submissions ----------------------------------------------------------------------------
 
-    def accept(self, request: dict[str, Any], base_url: str) -> Task:
+    def accept(self, request: dict[str, Any], base_url: str, api_key: str = "") -> Task:
         """Queue a validated videoInference task."""
         self.ensure_started()
         assert self._queue is not None
         number = int(request.get("numberResults", 1))
-        task = Task(request["taskUUID"], request, base_url, time.monotonic())
+        task = Task(request["taskUUID"], request, base_url, time.monotonic(), api_key=api_key)
         rng = random.Random(f"{self.config.seed}|{task.uuid}")  # noqa: S311 - simulated seeds
         task.results = [
             Result(str(uuidlib.uuid4()), rng.randrange(1, 2**31)) for _ in range(number)
@@ -171,7 +175,7 @@ class Engine:
         if self.faults.hits("task_error", task.uuid):
             await asyncio.sleep(started + render_time / 2 - time.monotonic())
             code = FAILED_GENERATION_CODES[self.faults.choice("task_error", task.uuid, 2)]
-            self._fail(task, code, "The provider failed to generate this video (injected fault).")
+            self._fail(task, code, self._generation_failure(task))
             return
         ready_at = started + render_time
         for index, result in enumerate(task.results):
@@ -267,6 +271,15 @@ class Engine:
             path.write_bytes(data)
         return path
 
+    def _generation_failure(self, task: Task) -> str:
+        """The message of an injected failed generation; `echo_key` makes it leak the key."""
+        message = "The provider failed to generate this video (injected fault)."
+        if self.faults.hits("echo_key", task.uuid):
+            # Upstream errors passed through verbatim can hold the request's credentials.
+            message += f" Upstream said: Invalid request for key {task.api_key}"
+            message += f" (Authorization: Bearer {task.api_key})."
+        return message
+
     def _fail(self, task: Task, code: str, message: str) -> None:
         for result in task.results:
             if result.status == "processing":
@@ -310,7 +323,7 @@ class Engine:
         errors: list[dict[str, Any]] = []
         for result in task.results:
             if result.status == "success":
-                data.append(self.result_item(task, result))
+                data.append(self._reported(task, result, self.result_item(task, result)))
             elif result.status == "error":
                 errors.append(self.error_item(task, result))
             else:
@@ -318,6 +331,28 @@ class Engine:
                     {"taskType": "videoInference", "taskUUID": task.uuid, "status": "processing"}
                 )
         return data, errors
+
+    def _reported(self, task: Task, result: Result, item: dict[str, Any]) -> dict[str, Any]:
+        """The item as a getResponse answer reports it: a money fault corrupts its cost.
+
+        Only the reported number changes (never the ledger, never the webhook, which could not
+        even encode NaN), so a test can compare what a client stored with what was billed.
+        """
+        if "cost" not in item:
+            return item
+        key = self.result_key(task, result)
+        for kind, bogus in BOGUS_COSTS.items():
+            if self.faults.hits(kind, key):
+                return {**item, "cost": bogus}
+        return item
+
+    @staticmethod
+    def result_key(task: Task, result: Result) -> str:
+        """What faults on one result are keyed on: the client's task UUID and the result's place.
+
+        Not the videoUUID, which is random: with it a seed could not replay the same faults.
+        """
+        return f"{task.uuid}/{task.results.index(result)}"
 
     def video(self, name: str) -> tuple[Result, Task] | None:
         """The finished, unexpired result a video URL names."""

@@ -11,7 +11,31 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-FAULT_KINDS = ("http500", "http429", "reset", "slow", "task_error", "truncate")
+# What each kind does when it hits. Request kinds are keyed on the tasks a POST holds,
+# task_error and echo_key's task errors on the task UUID, download and money kinds on the
+# result (task UUID and result index; videoUUIDs are random, so they could not replay). Each
+# retry of a request or download, and each later poll of a result, is a fresh draw: rate 1
+# fails every attempt, while a rate like 0.5 lets a retrying client through in the end.
+FAULT_DESCRIPTIONS: dict[str, str] = {
+    "http500": "POST /v1 answers 500, 503 or a proxy's 502 HTML page",
+    "http429": "POST /v1 answers 429 rateLimitExceeded with Retry-After",
+    "reset": "POST /v1 drops the connection mid-answer, before or after doing the work",
+    "slow": "POST /v1 answers only after slow_seconds",
+    "task_error": "a render fails half-way as a failed generation (timeoutProvider, providerError)",
+    "echo_key": (
+        "a POST holding a videoInference answers 500 'Invalid request for key KEY' with an "
+        "'Authorization: Bearer KEY' line, and a task_error it hits repeats the key in its "
+        "message (at rate 1 no submission ever lands)"
+    ),
+    "truncate": "a video download promises the whole file, sends half, then drops the connection",
+    "html_video": "a video download answers 200 text/html with a short error page",
+    "short_body": "a video download sends the first third with a Content-Length matching it",
+    "cut": "a video download sends the first half without a Content-Length and ends cleanly",
+    "nan_cost": "a successful getResponse item reports its cost as NaN (the ledger is right)",
+    "inf_cost": "a successful getResponse item reports its cost as Infinity",
+    "negative_cost": "a successful getResponse item reports its cost as -0.5",
+}
+FAULT_KINDS = tuple(FAULT_DESCRIPTIONS)
 
 
 class FaultSpecError(ValueError):
