@@ -196,7 +196,8 @@ async def _run_planned(
     outcome = Outcome()
     try:
         # With nothing to do there is no sandbox, no connection, no request at all.
-        if _has_work(statuses, options.retry_failed):
+        strays = store.stray_tasks(statuses)
+        if strays or _has_work(statuses, options.retry_failed):
             outcome = await _execute(
                 checked_manifest, plan, store, out, options, hooks, on_signal, on_runner, run_id
             )

@@ -29,13 +29,28 @@ from pathlib import Path
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from avatarbatch.budget import Budget
-from avatarbatch.errors import ApiError, AuthError, ConflictError, CreditError, TransientError
+from avatarbatch.errors import (
+    ApiError,
+    AuthError,
+    ConflictError,
+    CreditError,
+    RejectedError,
+    TransientError,
+)
 from avatarbatch.manifest import Job
 from avatarbatch.media import MediaInfo, MediaRef
 from avatarbatch.payloads import video_task
 from avatarbatch.poller import Poller, PollTiming
 from avatarbatch.runware import RunwareClient, TaskState, VideoResult
-from avatarbatch.state import JobRecord, JobStatus, OwnedFile, StateStore, TaskEntry, TaskStatus
+from avatarbatch.state import (
+    JobRecord,
+    JobStatus,
+    OwnedFile,
+    StateStore,
+    StrayTask,
+    TaskEntry,
+    TaskStatus,
+)
 from avatarbatch.submitter import SubmitQueue
 from avatarbatch.verify import VideoCheckError, verify_video
 
@@ -152,13 +167,16 @@ class Runner:
 
     async def run(self) -> Outcome:
         todo = self.todo()
-        if not todo:
+        strays = self.state.stray_tasks(self.jobs)
+        if not todo and not strays:
             return self.outcome
         queue: asyncio.Queue[Job] = asyncio.Queue()
         for job in todo:
             queue.put_nowait(job)
         workers = min(len(todo), max(4, self.options.concurrency * 2))
-        self._drivers = [asyncio.create_task(self._worker(queue)) for _ in range(workers)]
+        # Strays first: like adopted tasks, they hold render slots at the provider already.
+        self._drivers = [asyncio.create_task(self._settle_stray(task)) for task in strays]
+        self._drivers += [asyncio.create_task(self._worker(queue)) for _ in range(workers)]
         try:
             await asyncio.gather(*self._drivers)
         except asyncio.CancelledError:
@@ -214,6 +232,35 @@ class Runner:
                 record = await self._await_render(job, record)
         if record.status is JobStatus.DOWNLOADING:
             await self._download(job, record)
+
+    async def _settle_stray(self, task: StrayTask) -> None:
+        """Wait for a task no job drives any more (its spec changed or its row was removed
+        while it rendered) and book what it cost: the provider bills it all the same."""
+        uuid = task.task_uuid
+        async with self._in_flight:
+            try:
+                submitting = task.status is TaskStatus.SUBMITTING
+                if submitting and (await self.client.poll([uuid]))[uuid].not_found:
+                    # It never landed, and nobody will send it again: nothing to pay.
+                    gone = TaskEntry(uuid, TaskStatus.REFUSED, billed_cost=0.0)
+                    self.state.settle_task(task.job_id, gone)
+                    return
+                waiting = self.poller.watch(uuid, task.number_results, task.audio_seconds)
+                async with asyncio.timeout(self.options.job_timeout):
+                    state = await waiting
+            except (TimeoutError, ApiError) as exc:
+                self.poller.forget(uuid)
+                log.warning(
+                    "earlier task %s of %s: %s; the next run asks again", uuid, task.job_id, exc
+                )
+                return
+        per_result = (task.estimated_cost or 0.0) / task.number_results
+        costs = [per_result if r.cost is None else r.cost for r in state.results]
+        source = "estimate" if any(r.cost is None for r in state.results) else "api"
+        status = TaskStatus.BILLED if state.results else TaskStatus.UNBILLED
+        entry = TaskEntry(uuid, status, billed_cost=sum(costs), cost_source=source)
+        self.state.settle_task(task.job_id, entry)
+        log.info("earlier task %s of %s ended: $%.5f booked", uuid, task.job_id, sum(costs))
 
     async def _upload_inputs(self, job: Job, *, refresh: bool = False) -> JobRecord:
         self._check_running()
@@ -431,6 +478,13 @@ class Runner:
                     # again. It stays `downloading`; the next run fetches the same URL again.
                     log.warning("job %s: %s; the next run downloads it again", job.id, exc)
                     raise Stopped("download interrupted") from exc
+                if exc.status in (404, 410):
+                    exc = RejectedError(
+                        f"{exc}; the video was paid for but its result URL is gone: "
+                        "--retry-failed renders it again, which is billed again",
+                        code="resultExpired",
+                        status=exc.status,
+                    )
                 self._fail(job, exc)
                 raise Stopped("download failed") from exc
             except VideoCheckError as exc:

@@ -108,6 +108,18 @@ class TaskEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class StrayTask:
+    """A ledger task that may still be billed and that no job drives (see `stray_tasks`)."""
+
+    task_uuid: str
+    job_id: str
+    status: TaskStatus
+    estimated_cost: float | None
+    number_results: int
+    audio_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class OwnedFile:
     """A file avatarbatch wrote into the output folder (path relative to it, POSIX style)."""
 
@@ -822,6 +834,31 @@ class StateStore:
             job_id: JobMoney(float(billed), float(earlier), float(pending), bool(guessed), model)
             for job_id, billed, earlier, pending, guessed, model in rows
         }
+
+    def stray_tasks(self, manifest_ids: Iterable[str]) -> list[StrayTask]:
+        """Tasks that may still be billed but that no job drives any more: superseded by a
+        changed spec while at the provider, or of a row removed from the manifest."""
+        open_statuses = ", ".join(f"'{status}'" for status in OPEN_TASK_STATUSES)
+        rows = self._db.execute(
+            f"""SELECT t.task_uuid, t.job_id, t.status, t.estimated_cost, j.number_results,
+                       j.audio_seconds
+                FROM tasks t LEFT JOIN jobs j ON j.id = t.job_id
+                WHERE t.status IN ({open_statuses}) AND (
+                    t.task_uuid IS NOT j.task_uuid
+                    OR t.job_id NOT IN (SELECT value FROM json_each(?)))
+                ORDER BY t.rowid""",  # noqa: S608 (fixed names)
+            [json.dumps(list(manifest_ids))],
+        )
+        return [
+            StrayTask(uuid, job_id, TaskStatus(status), estimate, results or 1, seconds)
+            for uuid, job_id, status, estimate, results, seconds in rows
+        ]
+
+    def settle_task(self, job_id: str, task: TaskEntry) -> None:
+        """Book a stray task's outcome in the ledger; its job does not move."""
+        with self._transaction():
+            self._write_task(job_id, task)
+            self._event(job_id, "task", {"task_uuid": task.task_uuid, "status": task.status})
 
     def tasks(self, job_id: str | None = None) -> list[dict[str, Any]]:
         """Ledger rows, oldest first (one job's, if given)."""

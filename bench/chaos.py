@@ -5,11 +5,14 @@
 A sandbox on loopback injects every fault kind (5xx, 429, dropped connections, slow answers,
 failed generations, truncated downloads). `avatarbatch run` runs as a real subprocess and is
 killed with SIGKILL at K moments chosen from the seed (each once a few more jobs have
-progressed, so the kills land in every stage), interrupted once with SIGINT, then rerun until
-it exits 0 or 1, and with --retry-failed while jobs failed. The audit then checks the promises:
-every job done (or failed only after its retries, with a reason), exactly one billed success
-per done job, every file present with the sha256 the sandbox served, and the cost report's
-total equal to the ledger's. One line sums it up; the exit status is 1 on any violation.
+progressed, so the kills land in every stage), interrupted once with SIGINT; then the manifest
+is edited (every 7th row's prompt changes, so it is paid again; the last row is removed) and
+it is rerun until it exits 0 or 1, and with --retry-failed while jobs failed. The audit then
+checks the promises: every job done (or failed only after its retries, with a reason), at
+most one billed success per job and spec, every task the sandbox billed present in the state
+file's ledger, every file present with the sha256 the sandbox served and probing as a video of
+its audio's length, and the cost report's total equal to the sandbox ledger's, to the cent.
+One line sums it up; the exit status is 1 on any violation.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_manifest import write_manifest
@@ -32,11 +36,16 @@ from make_manifest import write_manifest
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from avatarbatch.state import JobStatus, StateStore
+from avatarbatch.state import JobRecord, JobStatus, StateStore
+from avatarbatch.verify import VideoCheckError, verify_video
 
 #: Per request (downloads: per file). Submissions and polls share POSTs, so a 200-job run
 #: makes about 60 of them, and these rates inject 35 to 55 faults into it (seeds 3 and 7).
-DEFAULT_FAULTS = "http500=0.15,http429=0.15,reset=0.1,slow=0.05,task_error=0.03,truncate=0.03"
+DEFAULT_FAULTS = (
+    "http500=0.15,http429=0.15,reset=0.1,slow=0.05,task_error=0.03,truncate=0.03,"
+    "html_video=0.02,short_body=0.02,cut=0.02"
+)
+EDIT_EVERY = 7  #: every 7th row gets a new prompt before the final runs: it is paid again
 KEY = "chaos-key"
 PROGRESSED = ("processing", "downloading", "done", "failed")
 
@@ -52,19 +61,22 @@ class ChaosResult:
     failed: dict[str, str] = field(default_factory=dict)
     report_total: float = 0.0
     ledger_total: float = 0.0
+    unaccounted: list[str] = field(default_factory=list)  #: billed, not in the state's ledger
     runs: int = 0
 
     @property
     def ok(self) -> bool:
-        totals_match = abs(self.report_total - self.ledger_total) < 1e-6
-        return not (self.lost or self.double_billed or self.bad_files) and totals_match
+        totals_match = abs(self.report_total - self.ledger_total) < 0.005
+        problems = self.lost or self.double_billed or self.bad_files or self.unaccounted
+        return not problems and totals_match
 
     def line(self) -> str:
-        match = "=" if abs(self.report_total - self.ledger_total) < 1e-6 else "!="
+        match = "=" if abs(self.report_total - self.ledger_total) < 0.005 else "!="
         return (
             f"chaos: {self.jobs} jobs, {self.interruptions} interruptions, {self.faults} faults "
             f"injected, {len(self.lost)} lost, {len(self.double_billed)} double-billed, "
-            f"{len(self.bad_files)} bad files, {len(self.failed)} failed after retries, "
+            f"{len(self.bad_files)} bad files, {len(self.unaccounted)} unaccounted, "
+            f"{len(self.failed)} failed after retries, "
             f"report {match} ledger (${self.ledger_total:,.2f}), {self.runs} runs"
         )
 
@@ -113,6 +125,7 @@ def chaos(
             if _interrupt(command, env, out / "state.sqlite", rng, jobs, final_signal):
                 interruptions += 1
         runs = interruptions
+        _edit(manifest)
         code, retried = None, 0
         while code not in (0,) and runs < interruptions + 10:
             extra = ["--retry-failed"] if code == 1 and retried < 3 else []
@@ -154,6 +167,16 @@ def _interrupt(
     return False
 
 
+def _edit(manifest: Path) -> None:
+    """Change every EDIT_EVERY-th row's prompt and drop the last row, as users edit manifests."""
+    header, *rows = manifest.read_text(encoding="utf-8").splitlines()
+    edited = [
+        row.replace(",presenter take ", ",presenter retake ") if i % EDIT_EVERY == 0 else row
+        for i, row in enumerate(rows[:-1])
+    ]
+    manifest.write_text("\n".join([header, *edited]) + "\n", encoding="utf-8")
+
+
 def _progressed(state: Path) -> int:
     if not state.exists():
         return 0
@@ -174,31 +197,59 @@ def _audit(
     result = ChaosResult(jobs, interruptions, faults, runs=runs, ledger_total=ledger["total_cost"])
     with StateStore.open(out / "state.sqlite") as store:
         records = store.jobs()
+        tasks = store.tasks()
     billed = {t["taskUUID"]: t for t in ledger["tasks"] if t["results"] > 0}
-    accounted: set[str] = set()
+    paid_per_spec: dict[tuple[str, str], int] = {}
+    for task in tasks:
+        if task["task_uuid"] in billed:
+            key = (task["job_id"], task["spec_hash"])
+            paid_per_spec[key] = paid_per_spec.get(key, 0) + 1
+    # The same job and spec billed twice: one attempt paid for and thrown away.
+    result.double_billed = sorted(
+        f"{job}@{spec}" for (job, spec), n in paid_per_spec.items() if n > 1
+    )
+    result.unaccounted = sorted(set(billed) - {t["task_uuid"] for t in tasks})
+    kept = _manifest_ids(out.parent / "manifest.csv")
     for job in records.values():
+        if job.id not in kept:  # removed from the manifest: only its money is audited
+            continue
         if job.status is JobStatus.FAILED:
             result.failed[job.id] = job.error_message or ""
             if not job.error_message:
                 result.lost.append(job.id)
             continue
-        if job.status is not JobStatus.DONE:
+        if job.status is not JobStatus.DONE or job.task_uuid not in billed:
             result.lost.append(job.id)
             continue
-        if job.task_uuid not in billed:
-            result.lost.append(job.id)
-        accounted.add(str(job.task_uuid))
         for output, item in zip(job.outputs, job.results, strict=False):
-            path = Path(output["path"])
-            expected = served.get(item["video_uuid"], {}).get("sha256")
-            if not path.exists() or expected is None or output["sha256"] != expected:
+            if not _good_file(out / output["path"], output, served.get(item["video_uuid"]), job):
                 result.bad_files.append(job.id)
-    # A billed task that is not the final task of a done job was paid for and thrown away.
-    result.double_billed = sorted(set(billed) - accounted)
     with (out / "cost_report.csv").open(newline="") as handle:
         total = next(row for row in csv.DictReader(handle) if row["id"] == "TOTAL")
     result.report_total = float(total["actual_cost"] or 0)
     return result
+
+
+def _manifest_ids(manifest: Path) -> set[str]:
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        return {row["id"] for row in csv.DictReader(handle)}
+
+
+def _good_file(
+    path: Path, output: dict[str, Any], served: dict[str, Any] | None, job: JobRecord
+) -> bool:
+    """The file the sandbox served for this result, and a video of the audio's length."""
+    if not path.exists() or served is None or output["sha256"] != served.get("sha256"):
+        return False
+    try:
+        verify_video(
+            path,
+            output_format=path.suffix[1:].upper(),
+            expected_seconds=job.audio_seconds,
+        )
+    except VideoCheckError:
+        return False
+    return True
 
 
 def main() -> None:
