@@ -159,6 +159,7 @@ def take_over_folder(store: StateStore, out: Path, path: Path, *, write: bool = 
     store.relativize_outputs(out, outputs.relative_output, adopt=legacy)
     outputs.refuse_foreign(out, store, path)
     if write:
+        outputs.claim_folder(out, store)
         outputs.clean_partials(out)
 
 

@@ -90,9 +90,12 @@ def foreign_files(out: Path, owned: Mapping[str, object], state_path: Path) -> l
     return found
 
 
+OUTPUT_DIR_KEY = "output_dir"  #: meta: the folder the `files` records belong to
+
+
 def refuse_foreign(out: Path, store: StateStore | None, state_path: Path) -> None:
     """Stop before anything is written into a folder that holds someone else's files."""
-    owned = store.owned_files() if store is not None else {}
+    owned = store.owned_files() if store is not None and _records_apply(out, store) else {}
     foreign = foreign_files(out, owned, state_path)
     if not foreign:
         return
@@ -105,17 +108,34 @@ def refuse_foreign(out: Path, store: StateStore | None, state_path: Path) -> Non
     )
 
 
+def _records_apply(out: Path, store: StateStore) -> bool:
+    """Do the state's file records describe `out`? Yes when the state file lives inside it (a
+    moved folder takes its state along), or when `out` is the folder they were made for. A
+    state kept elsewhere and pointed at another folder owns nothing there."""
+    here = out.resolve()
+    if store.path.resolve().is_relative_to(here):
+        return True
+    recorded = store.meta(OUTPUT_DIR_KEY)
+    return recorded is None or recorded == str(here)
+
+
+def claim_folder(out: Path, store: StateStore) -> None:
+    """Remember which folder this state's file records belong to (after the foreign check)."""
+    here = str(out.resolve())
+    if store.meta(OUTPUT_DIR_KEY) != here:
+        store.set_meta(OUTPUT_DIR_KEY, here)
+
+
 def clean_partials(out: Path) -> int:
-    """Remove temporary files a killed run left behind (the caller holds the state lock)."""
-    removed = 0
-    for folder in (out, out / VIDEOS):
-        if not folder.is_dir():
-            continue
-        for entry in folder.iterdir():
-            if _ours_by_name(entry.name) and entry.is_file():
-                entry.unlink(missing_ok=True)
-                removed += 1
-    return removed
+    """Remove temporary files a killed run left behind (the caller holds the state lock):
+    beside the reports, and anywhere under videos/ and gallery/ (file names may hold
+    folders, and a partial download sits beside its final name)."""
+    candidates = [entry for entry in out.glob(".*" + PART_SUFFIX) if entry.is_file()]
+    for folder in (out / VIDEOS, out / "gallery"):
+        candidates += [p for p in folder.rglob(".*" + PART_SUFFIX) if p.is_file()]
+    for entry in candidates:
+        entry.unlink(missing_ok=True)
+    return len(candidates)
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -197,7 +217,7 @@ def apply_renames(renames: list[Rename], out: Path, store: StateStore) -> None:
     for rename, _ in staged:
         by_job.setdefault(rename.job_id, {})[rename.old] = rename.new
     if by_job:
-        store.rename_outputs(by_job, out)
+        store.rename_outputs(by_job)
 
 
 # --- verification on rerun ---------------------------------------------------------------------

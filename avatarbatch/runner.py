@@ -187,6 +187,12 @@ class Runner:
                 driver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*self._drivers, return_exceptions=True)
+            # Shielded uploads may outlive the job that started them: end them before the
+            # HTTP client closes under them.
+            for upload in self._uploads.values():
+                upload.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*self._uploads.values(), return_exceptions=True)
             await self.submissions.aclose()
             await self.poller.aclose()
         return self.outcome

@@ -889,24 +889,33 @@ class StateStore:
         with self._transaction():
             self._own(files, None)
 
-    def rename_outputs(self, renames: dict[str, dict[str, str]], out: Path) -> None:
-        """Record moved videos: job id -> {old relative path: new one}, in one transaction."""
+    def rename_outputs(self, renames: dict[str, dict[str, str]]) -> None:
+        """Record moved videos: job id -> {old relative path: new one}, in one transaction.
+
+        All moves at once, like the files on disk: two jobs swapping names must each keep
+        their own record, which moving one record after the other would merge.
+        """
+        moves = {old: new for job_moves in renames.values() for old, new in job_moves.items()}
         with self._transaction() as db:
-            for job_id, moves in renames.items():
+            paths = json.dumps([*moves, *moves.values()])
+            kept = db.execute(
+                "SELECT path, job_id, bytes, sha256, mtime_ns FROM files "
+                "WHERE path IN (SELECT value FROM json_each(?))",
+                [paths],
+            ).fetchall()
+            db.execute("DELETE FROM files WHERE path IN (SELECT value FROM json_each(?))", [paths])
+            moved = [OwnedFile(moves[row[0]], *row[1:]) for row in kept if row[0] in moves]
+            self._own(moved, None)
+            for job_id, job_moves in renames.items():
                 row = db.execute("SELECT outputs FROM jobs WHERE id = ?", [job_id]).fetchone()
                 outputs = json.loads(row[0]) if row else []
                 for output in outputs:
-                    new = moves.get(str(output.get("path")))
-                    if new is not None:
-                        output["path"] = new
+                    output["path"] = job_moves.get(str(output.get("path")), output.get("path"))
                 db.execute(
                     "UPDATE jobs SET outputs = ?, updated_at = ? WHERE id = ?",
                     [_dumps(outputs), self._clock(), job_id],
                 )
-                for old, new in moves.items():
-                    db.execute("DELETE FROM files WHERE path = ?", [new])
-                    db.execute("UPDATE files SET path = ? WHERE path = ?", [new, old])
-                self._event(job_id, "renamed", {"moves": moves})
+                self._event(job_id, "renamed", {"moves": job_moves})
 
     def relativize_outputs(
         self, out: Path, relative: Callable[[Path, str], str], *, adopt: Iterable[str] = ()

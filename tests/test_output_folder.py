@@ -485,15 +485,9 @@ def test_a_job_row_that_is_not_utf8_is_a_clean_error_naming_the_job(
     assert submissions(sandbox) == 1
 
 
-# --- found while writing these: product bugs, each kept as a strict xfail ----------------------
+# --- found while writing these (each was a product bug) -----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StateStore.rename_outputs applies each job's moves one after the other, so in a "
-    "swap the second UPDATE moves the first job's fresh `files` row again and the other job's "
-    "row is deleted: the next run refuses its own folder",
-)
 def test_two_jobs_that_swap_output_names_keep_their_videos_and_their_folder(
     sandbox: RunningSandbox, media: Path, tmp_path: Path
 ) -> None:
@@ -515,11 +509,6 @@ def test_two_jobs_that_swap_output_names_keep_their_videos_and_their_folder(
     assert (succeeded(third)["submitted"], submissions(sandbox)) == (0, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="outputs.clean_partials looks only in OUT and OUT/videos, but a download's "
-    "temporary file sits next to its video, e.g. OUT/videos/en/ for filename {lang}/{id}.{ext}",
-)
 def test_stale_partial_files_in_nested_video_folders_are_removed_too(
     sandbox: RunningSandbox, media: Path, tmp_path: Path
 ) -> None:
@@ -536,12 +525,6 @@ def test_stale_partial_files_in_nested_video_folders_are_removed_too(
     assert leftovers(out) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ownership is recorded per path relative to the output folder with no record of "
-    "which folder: with a state file outside it (--state), any other folder's index.html, "
-    "report.* or videos/<id>.mp4 count as avatarbatch's own and are overwritten",
-)
 def test_a_state_file_kept_elsewhere_does_not_make_another_folders_files_its_own(
     sandbox: RunningSandbox, media: Path, tmp_path: Path
 ) -> None:
