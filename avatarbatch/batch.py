@@ -25,14 +25,12 @@ from pydantic import SecretStr
 
 from avatarbatch import outputs
 from avatarbatch.errors import ManifestError, UsageError
-from avatarbatch.gallery import PAGES_DIR
 from avatarbatch.limits import RateLimiter
 from avatarbatch.lock import state_lock
 from avatarbatch.manifest import Manifest
 from avatarbatch.plan import Plan, build_plan
 from avatarbatch.poller import PollTiming
 from avatarbatch.preflight import Preflight, preflight
-from avatarbatch.report import REPORT_FILES as REPORT_NAMES
 from avatarbatch.report import summary_markdown, write_reports
 from avatarbatch.runner import Hooks, Outcome, Runner, RunOptions
 from avatarbatch.runware import DEFAULT_API_URL, ClientSettings, RunwareClient, make_http_client
@@ -129,11 +127,11 @@ async def run_batch(
     path = state_path(manifest, options.out, options.state)
     if not path.exists():  # before a single byte is written: lock, state or videos folder
         outputs.refuse_foreign(out, None, path)
-    _check_writable(out / "videos")
+    _check_writable(out / outputs.VIDEOS)
     with state_lock(path), _signals_enabled(handle_signals) as on_signal:
         store = StateStore.open(path)
         try:
-            take_over_folder(store, out, path)
+            outputs.take_over(store, out, path)
             overview: dict[str, JobOverview] | None = None
             try:
                 summary, overview = await _run_planned(
@@ -149,18 +147,6 @@ async def run_batch(
         finally:
             store.close()
     return summary
-
-
-def take_over_folder(store: StateStore, out: Path, path: Path, *, write: bool = True) -> None:
-    """Make sure the output folder is ours to write, and (`write`) tidy what a killed run
-    left there."""
-    legacy = [name for name in REPORT_NAMES if (out / name).is_file()]
-    legacy += [p.relative_to(out).as_posix() for p in (out / PAGES_DIR).glob("page-*.html")]
-    store.relativize_outputs(out, outputs.relative_output, adopt=legacy)
-    outputs.refuse_foreign(out, store, path)
-    if write:
-        outputs.claim_folder(out, store)
-        outputs.clean_partials(out)
 
 
 async def _run_planned(
@@ -204,9 +190,8 @@ async def _run_planned(
             )
     finally:
         overview = store.overview()
-        summary = summarize(overview, plan, outcome, out, path)
-        summary.cost_actual = round(store.spend(), 5)
-        summary.cost_this_run = round(store.spend(run_id), 5)
+        spend = (store.spend(), store.spend(run_id))
+        summary = summarize(overview, plan, outcome, out, path, spend)
         store.finish_run(
             run_id,
             outcome=_outcome_word(summary.exit_code),
@@ -417,8 +402,14 @@ def run_manifest(
 
 
 def summarize(
-    records: dict[str, JobOverview], plan: Plan, outcome: Outcome, out: Path, path: Path
+    records: dict[str, JobOverview],
+    plan: Plan,
+    outcome: Outcome,
+    out: Path,
+    path: Path,
+    spend: tuple[float, float],
 ) -> RunSummary:
+    """The run's outcome; `spend` is the ledger's (lifetime, this run's) billed cost."""
     ids = [p.job.id for p in plan.jobs]
     done = sum(1 for i in ids if records[i].status is JobStatus.DONE)
     failed = sum(1 for i in ids if records[i].status is JobStatus.FAILED)
@@ -453,8 +444,8 @@ def summarize(
         pending=pending,
         submitted=outcome.submitted,
         skipped=skipped,
-        cost_actual=round(sum(records[i].actual_cost or 0.0 for i in ids), 5),
-        cost_this_run=0.0,
+        cost_actual=round(spend[0], 5),
+        cost_this_run=round(spend[1], 5),
         cost_estimated=float(plan.totals.estimated_cost),
         exit_code=code,
         message=message,

@@ -22,7 +22,9 @@ from pathlib import Path
 
 from avatarbatch.diagnostics import Problems
 from avatarbatch.errors import UsageError
+from avatarbatch.gallery import PAGES_DIR
 from avatarbatch.manifest import Job
+from avatarbatch.report import REPORT_FILES
 from avatarbatch.state import JobOverview, JobStatus, OwnedFile, StateStore
 
 VIDEOS = "videos"
@@ -31,6 +33,18 @@ SANDBOX_DIR = ".sandbox"  #: the embedded sandbox's renders, when `run --sandbox
 PART_SUFFIX = ".part"
 FOREIGN_SHOWN = 5  #: foreign files named in the refusal; the rest are counted
 HASH_CHUNK = 1024 * 1024
+
+
+def take_over(store: StateStore, out: Path, path: Path, *, write: bool = True) -> None:
+    """Make sure the output folder is ours to write (adopting what a state file from before
+    the `files` record wrote there), and (`write`) tidy what a killed run left."""
+    legacy = [name for name in REPORT_FILES if (out / name).is_file()]
+    legacy += [p.relative_to(out).as_posix() for p in (out / PAGES_DIR).glob("page-*.html")]
+    store.relativize_outputs(out, relative_output, adopt=legacy)
+    refuse_foreign(out, store, path)
+    if write:
+        claim_folder(out, store)
+        clean_partials(out)
 
 
 def relative_output(out: Path, stored: str) -> str:
@@ -131,7 +145,7 @@ def clean_partials(out: Path) -> int:
     beside the reports, and anywhere under videos/ and gallery/ (file names may hold
     folders, and a partial download sits beside its final name)."""
     candidates = [entry for entry in out.glob(".*" + PART_SUFFIX) if entry.is_file()]
-    for folder in (out / VIDEOS, out / "gallery"):
+    for folder in (out / VIDEOS, out / PAGES_DIR):
         candidates += [p for p in folder.rglob(".*" + PART_SUFFIX) if p.is_file()]
     for entry in candidates:
         entry.unlink(missing_ok=True)

@@ -39,6 +39,7 @@ from avatarbatch.errors import (
 )
 from avatarbatch.manifest import Job
 from avatarbatch.media import MediaInfo, MediaRef
+from avatarbatch.outputs import VIDEOS
 from avatarbatch.payloads import video_task
 from avatarbatch.poller import Poller, PollTiming
 from avatarbatch.runware import RunwareClient, TaskState, VideoResult
@@ -70,7 +71,6 @@ ADOPTED = (JobStatus.SUBMITTING, JobStatus.PROCESSING)
 #: downloads of one result that may fail the video check before the job is left for the next
 #: run (the result is paid for: a bad download is never a reason to pay again)
 VERIFY_ATTEMPTS = 3
-VIDEOS = "videos"  #: the folder, under the output folder, that holds the videos
 # A submission refused for one of these names an input the API no longer has (or never had).
 STALE_INPUT_PARAMETERS = frozenset({"inputs.image", "inputs.audio"})
 
@@ -260,13 +260,12 @@ class Runner:
                     "earlier task %s of %s: %s; the next run asks again", uuid, task.job_id, exc
                 )
                 return
-        per_result = (task.estimated_cost or 0.0) / task.number_results
-        costs = [per_result if r.cost is None else r.cost for r in state.results]
-        source = "estimate" if any(r.cost is None for r in state.results) else "api"
+        per_result = Decimal(str(task.estimated_cost or 0.0)) / task.number_results
+        cost, source = billed_cost(state.results, per_result)
         status = TaskStatus.BILLED if state.results else TaskStatus.UNBILLED
-        entry = TaskEntry(uuid, status, billed_cost=sum(costs), cost_source=source)
+        entry = TaskEntry(uuid, status, billed_cost=float(cost), cost_source=source)
         self.state.settle_task(task.job_id, entry)
-        log.info("earlier task %s of %s ended: $%.5f booked", uuid, task.job_id, sum(costs))
+        log.info("earlier task %s of %s ended: $%.5f booked", uuid, task.job_id, cost)
 
     async def _upload_inputs(self, job: Job, *, refresh: bool = False) -> JobRecord:
         self._check_running()
@@ -355,11 +354,8 @@ class Runner:
                 error_message=None,
             )
         else:  # the same task UUID again: if it lands now, this run is the one that sent it
-            record = self._transition(
-                job,
-                JobStatus.SUBMITTING,
-                tasks=[TaskEntry(task_uuid, TaskStatus.SUBMITTING, run_id=self.run_id)],
-            )
+            resent = TaskEntry(task_uuid, TaskStatus.SUBMITTING, run_id=self.run_id)
+            self.state.settle_task(job.id, resent)
         await self.hooks.checkpoint("submit:before", job.id)
         try:
             await self.submissions.submit(video_task(job, image, audio, task_uuid))
@@ -373,20 +369,16 @@ class Runner:
             )
             raise Stopped("submit uncertain") from exc
         except ApiError as exc:
+            refused = TaskEntry(task_uuid, TaskStatus.REFUSED, billed_cost=0.0)
             if isinstance(exc, AuthError | CreditError):
                 self.budget.release(job.id)
-                self._transition(
-                    job,
-                    JobStatus.SUBMITTING,
-                    tasks=[TaskEntry(task_uuid, TaskStatus.REFUSED, billed_cost=0.0)],
-                )
+                self.state.settle_task(job.id, refused)
                 raise
             self.budget.release(job.id)
-            refused = TaskEntry(task_uuid, TaskStatus.REFUSED, billed_cost=0.0)
             if exc.parameter in STALE_INPUT_PARAMETERS and not refreshed:
                 # Runware forgets uploads unused for 30 days: upload again, once, and resubmit.
                 log.warning("job %s: %s; uploading the inputs again", job.id, exc)
-                self._transition(job, JobStatus.UPLOADING, tasks=[refused])
+                self.state.settle_task(job.id, refused)
                 record = await self._upload_inputs(job, refresh=True)
                 return await self._submit(job, record, new_attempt=True, refreshed=True)
             self._fail(job, exc, refused)
@@ -449,11 +441,8 @@ class Runner:
                 error_message=str(state.errors[0]) if state.errors else None,
             )
         self.budget.settle(job.id, Decimal(0))
-        self._transition(
-            job,
-            JobStatus.PROCESSING,
-            tasks=[TaskEntry(record.task_uuid, TaskStatus.UNBILLED, billed_cost=0.0)],
-        )
+        unbilled = TaskEntry(record.task_uuid, TaskStatus.UNBILLED, billed_cost=0.0)
+        self.state.settle_task(job.id, unbilled)
         error = state.errors[0]
         retryable = isinstance(error, TransientError) and not state.not_found
         if (
@@ -610,13 +599,16 @@ class Runner:
         return info.seconds if info else None
 
     def _cost(self, job: Job, results: list[VideoResult]) -> tuple[Decimal, str]:
-        """What the results cost, and whence: Runware's own figure ("api"), else, for any
-        result without a usable one, our estimate ("estimate": the reports mark it)."""
-        seconds = self._seconds(job)
-        guess = Budget.estimate(job.catalog_model, seconds, 1)
-        costs = [guess if r.cost is None else Decimal(str(r.cost)) for r in results]
-        source = "estimate" if any(r.cost is None for r in results) else "api"
-        return sum(costs, Decimal(0)), source
+        per_result = Budget.estimate(job.catalog_model, self._seconds(job), 1)
+        return billed_cost(results, per_result)
+
+
+def billed_cost(results: list[VideoResult], per_result: Decimal) -> tuple[Decimal, str]:
+    """What results cost, and whence: Runware's own figure ("api"), else, for any result
+    without a usable one, our estimate per result ("estimate": the reports mark it)."""
+    costs = [per_result if r.cost is None else Decimal(str(r.cost)) for r in results]
+    source = "estimate" if any(r.cost is None for r in results) else "api"
+    return sum(costs, Decimal(0)), source
 
 
 def _result_dict(result: VideoResult) -> dict[str, object]:

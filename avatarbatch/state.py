@@ -855,7 +855,8 @@ class StateStore:
         ]
 
     def settle_task(self, job_id: str, task: TaskEntry) -> None:
-        """Book a stray task's outcome in the ledger; its job does not move."""
+        """Write a task's news to the ledger where its job does not move (a stray task's end,
+        a refusal, a resend of the same UUID)."""
         with self._transaction():
             self._write_task(job_id, task)
             self._event(job_id, "task", {"task_uuid": task.task_uuid, "status": task.status})

@@ -68,7 +68,7 @@ def rewrite_reports(
         raise UsageError(f"no state file at {state}: nothing has run yet")
     store = StateStore.open(state)
     try:
-        batch.take_over_folder(store, folder, state, write=False)
+        outputs.take_over(store, folder, state, write=False)
         data = write_reports(loaded, store, folder)
     finally:
         store.close()
