@@ -93,13 +93,16 @@ def validate(manifest: ManifestArg, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def plan(manifest: ManifestArg, state: StateOpt = None, as_json: JsonOpt = False) -> None:
+def plan(
+    manifest: ManifestArg, state: StateOpt = None, out: OutOpt = None, as_json: JsonOpt = False
+) -> None:
     """Show what a run would do and what it would cost. Makes no API call."""
     with user_errors():
         result = _checked(manifest)
         assert result.manifest is not None
-        path = batch.state_path(result.manifest, None, state)
-        stored = status_view.stored_jobs(path) if path.exists() else {}
+        path = batch.state_path(result.manifest, out, state)
+        default_out = batch.output_dir(result.manifest, out)
+        stored = status_view.stored_jobs(path, out, default_out) if path.exists() else {}
         the_plan = build_plan(result.manifest.jobs, result.media, stored)
     if as_json:
         for piece in the_plan.json_text():

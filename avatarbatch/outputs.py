@@ -133,6 +133,16 @@ def _records_apply(out: Path, store: StateStore) -> bool:
     return recorded is None or recorded == str(here)
 
 
+def folder_of(store: StateStore, fallback: Path) -> Path:
+    """The output folder this state file describes, for commands given no --out: the one
+    its last run wrote to, or the state's own folder if that one is gone (moved along with
+    the state inside it), or `fallback` for a state that never ran."""
+    recorded = store.meta(OUTPUT_DIR_KEY)
+    if recorded is None:
+        return fallback
+    return Path(recorded) if Path(recorded).is_dir() else store.path.parent
+
+
 def claim_folder(out: Path, store: StateStore) -> None:
     """Remember which folder this state's file records belong to (after the foreign check)."""
     here = str(out.resolve())

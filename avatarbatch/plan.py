@@ -27,9 +27,13 @@ class PlanStatus(StrEnum):
     DONE = "done"  #: finished with this very spec: skipped
     FAILED = "failed"  #: failed with this spec: skipped unless retried
     UNFINISHED = "unfinished"  #: started by an earlier run: the next run picks it up
+    #: done, but its video is missing or changed on disk: the next run fetches it again from
+    #: its result URL, which costs nothing (so it is not in `to_run`)
+    REFETCH = "refetch"
 
 
 RUNS = frozenset({PlanStatus.NEW, PlanStatus.CHANGED, PlanStatus.UNFINISHED})
+DAMAGED = "damaged"  #: a StoredJob status: done in the state file, its video not as downloaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +149,8 @@ def plan_status(stored: StoredJob | None, digest: str) -> PlanStatus:
         return PlanStatus.NEW
     if stored.spec_hash != digest:
         return PlanStatus.CHANGED
+    if stored.status == DAMAGED:
+        return PlanStatus.REFETCH
     if stored.status == "done":
         return PlanStatus.DONE
     if stored.status == "failed":

@@ -8,25 +8,35 @@ from typing import Any
 from avatarbatch import batch, outputs
 from avatarbatch.errors import UsageError
 from avatarbatch.manifest import load_manifest
-from avatarbatch.plan import StoredJob
+from avatarbatch.plan import DAMAGED, StoredJob
 from avatarbatch.report import summary_markdown, write_reports
 from avatarbatch.state import JobStatus, StateStore
 
 
-def stored_jobs(path: Path) -> dict[str, StoredJob]:
+def stored_jobs(path: Path, out: Path | None, default_out: Path) -> dict[str, StoredJob]:
+    """What `plan` needs of the state file; done jobs whose video in the output folder is
+    missing or changed are marked DAMAGED (the next run fetches them again, at no cost)."""
     store = StateStore.open(path)
     try:
-        return store.planning_view()
+        stored = store.planning_view()
+        folder = out or outputs.folder_of(store, default_out)
+        damaged = outputs.damaged_videos(store.overview(), store.owned_files(), folder)
     finally:
         store.close()
+    for job_id in damaged:
+        stored[job_id] = StoredJob(stored[job_id].spec_hash, DAMAGED)
+    return stored
 
 
 def load(manifest: Path | None, *, state: Path | None, out: Path | None) -> dict[str, Any]:
     """Jobs by state, failures, spend and the last run, as one JSON-ready mapping."""
+    default_out = None
     if state is None:
         if manifest is None:
             raise UsageError("give a MANIFEST or --state FILE")
-        state = batch.state_path(load_manifest(manifest), out, None)
+        loaded = load_manifest(manifest)
+        state = batch.state_path(loaded, out, None)
+        default_out = batch.output_dir(loaded, out)
     if not state.exists():
         raise UsageError(f"no state file at {state}: nothing has run yet")
     store = StateStore.open(state)
@@ -39,7 +49,9 @@ def load(manifest: Path | None, *, state: Path | None, out: Path | None) -> dict
             "by_status": store.counts(),
             "spend": round(store.spend(), 5),
             "damaged_videos": outputs.damaged_videos(
-                store.overview(), store.owned_files(), out or state.parent
+                store.overview(),
+                store.owned_files(),
+                out or outputs.folder_of(store, default_out or state.parent),
             ),
             "estimated": round(sum(j.estimated_cost or 0.0 for j in jobs.values()), 5),
             "failures": [
@@ -62,12 +74,13 @@ def rewrite_reports(
             raise UsageError("give a MANIFEST or --state FILE")
         manifest = _last_manifest(state)
     loaded = load_manifest(manifest)
-    folder = out or (state.parent if state is not None else batch.output_dir(loaded, None))
+    default_out = state.parent if state is not None else batch.output_dir(loaded, None)
     state = state or batch.state_path(loaded, out, None)
     if not state.exists():
         raise UsageError(f"no state file at {state}: nothing has run yet")
     store = StateStore.open(state)
     try:
+        folder = out or outputs.folder_of(store, default_out)
         outputs.take_over(store, folder, state, write=False)
         data = write_reports(loaded, store, folder)
     finally:

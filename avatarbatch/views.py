@@ -15,7 +15,7 @@ from rich.table import Table
 
 from avatarbatch import catalog
 from avatarbatch.diagnostics import Problem, Problems
-from avatarbatch.plan import Plan, PlannedJob, Totals
+from avatarbatch.plan import Plan, PlannedJob, PlanStatus, Totals
 
 if TYPE_CHECKING:
     from avatarbatch.batch import RunSummary
@@ -116,6 +116,13 @@ def _summary_line(plan: Plan, source: str) -> str:
     )
     if run.jobs != total.jobs:
         text += f"; to run now: {run.jobs} jobs, estimated {_cost(run)}"
+    refetch = sum(1 for p in plan.jobs if p.status is PlanStatus.REFETCH)
+    if refetch:
+        text += (
+            f"; {refetch} done job(s) whose video is missing or changed are downloaded again "
+            "from their result URLs, at no cost (an expired URL fails the job: --retry-failed "
+            "then renders it again, which is billed again)"
+        )
     return text
 
 

@@ -253,6 +253,12 @@ def test_deleted_truncated_or_edited_videos_are_fetched_again_for_free(
     damaged = json.loads(status.stdout)["damaged_videos"]
     assert set(damaged) == {"a", "b"}
     assert "missing" in damaged["a"] and "100 bytes" in damaged["b"]
+    planned = cli(["plan", str(manifest), "--out", str(out), "--json"])
+    statuses = {job["id"]: job["status"] for job in json.loads(planned.stdout)["jobs"]}
+    assert statuses == {"a": "refetch", "b": "refetch", "c": "done"}
+    assert json.loads(planned.stdout)["totals"]["to_run"]["jobs"] == 0  # nothing to pay for
+    text = cli(["plan", str(manifest), "--out", str(out)])
+    assert "2 done job(s) whose video is missing or changed" in text.stdout
 
     assert succeeded(run(manifest, out, sandbox))["done"] == 3
     for job in ("a", "b"):
