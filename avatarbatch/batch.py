@@ -131,11 +131,11 @@ async def run_batch(
     with state_lock(path), _signals_enabled(handle_signals) as on_signal:
         store = StateStore.open(path)
         try:
-            outputs.take_over(store, out, path)
+            owners = outputs.take_over(store, out, path)
             overview: dict[str, JobOverview] | None = None
             try:
                 summary, overview = await _run_planned(
-                    checked_manifest, store, out, path, options, hooks, on_signal, on_runner
+                    checked_manifest, store, owners, out, path, options, hooks, on_signal, on_runner
                 )
             finally:
                 # Written however the run ended; by now the plan is gone, which matters to
@@ -152,6 +152,7 @@ async def run_batch(
 async def _run_planned(
     checked_manifest: Preflight,
     store: StateStore,
+    owners: dict[str, str | None],
     out: Path,
     path: Path,
     options: BatchOptions,
@@ -165,16 +166,21 @@ async def _run_planned(
     """
     manifest = checked_manifest.manifest
     assert manifest is not None
-    before = store.overview()
-    stored = outputs.stored_outputs(before, out)
-    owners = {p: f.job_id for p, f in store.owned_files().items()}
-    clashes = outputs.check_names(manifest.jobs, owners, stored)
+    # Everything that needs the recorded videos is worked out first, and let go before
+    # planning: a 100,000-job batch must not hold both at once (peak memory).
+    recorded = store.recorded_outputs()
+    clashes = outputs.check_names(manifest.jobs, owners, recorded)
     if clashes.errors:
         raise ManifestError(clashes.items)
+    renames = outputs.plan_renames(manifest.jobs, recorded, out)
+    damage = outputs.damaged_videos(recorded, out)
+    del recorded, owners
+    if damage.unchanged:
+        store.seen_unchanged(damage.unchanged)
     plan = build_plan(manifest.jobs, checked_manifest.media, store.planning_view())
     statuses = register_plan(store, plan)
-    outputs.apply_renames(outputs.plan_renames(manifest.jobs, stored), out, store)
-    statuses |= _refetch_damaged(store, out, before, statuses)
+    outputs.apply_renames(renames, out, store)
+    statuses |= _refetch_damaged(store, damage.damaged, statuses)
     run_id = store.start_run(
         manifest=str(manifest.path),
         manifest_sha256=manifest.sha256,
@@ -202,16 +208,16 @@ async def _run_planned(
 
 
 def _refetch_damaged(
-    store: StateStore, out: Path, before: dict[str, JobOverview], statuses: dict[str, JobStatus]
+    store: StateStore, damaged: dict[str, str], statuses: dict[str, JobStatus]
 ) -> dict[str, JobStatus]:
     """Done jobs whose video is missing or changed go back to `downloading`: the result URL
-    they were paid for is fetched again (free while it lives), never rendered again."""
-    done = [job_id for job_id, status in statuses.items() if status is JobStatus.DONE]
-    damaged = outputs.damaged_videos(store.overview(), store.owned_files(), out, only=done)
-    for job_id, reason in damaged.items():
-        log.warning("job %s: %s; downloading it again from its result URL", job_id, reason)
+    they were paid for is fetched again (free while it lives), never rendered again. A job
+    whose spec changed meanwhile is not: it renders anew anyway."""
+    refetch = [job_id for job_id in damaged if statuses.get(job_id) is JobStatus.DONE]
+    for job_id in refetch:
+        log.warning("job %s: %s; downloading it again from its result URL", job_id, damaged[job_id])
         store.transition(job_id, JobStatus.DOWNLOADING)
-    return dict.fromkeys(damaged, JobStatus.DOWNLOADING)
+    return dict.fromkeys(refetch, JobStatus.DOWNLOADING)
 
 
 def _check_writable(folder: Path) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from avatarbatch.errors import UsageError
 from avatarbatch.gallery import PAGES_DIR
 from avatarbatch.manifest import Job
 from avatarbatch.report import REPORT_FILES
-from avatarbatch.state import JobOverview, JobStatus, OwnedFile, StateStore
+from avatarbatch.state import JobStatus, RecordedOutput, StateStore
 
 VIDEOS = "videos"
 SANDBOX_DIR = ".sandbox"  #: the embedded sandbox's renders, when `run --sandbox` is used
@@ -35,36 +35,47 @@ FOREIGN_SHOWN = 5  #: foreign files named in the refusal; the rest are counted
 HASH_CHUNK = 1024 * 1024
 
 
-def take_over(store: StateStore, out: Path, path: Path, *, write: bool = True) -> None:
+def take_over(
+    store: StateStore, out: Path, path: Path, *, write: bool = True
+) -> dict[str, str | None]:
     """Make sure the output folder is ours to write (adopting what a state file from before
-    the `files` record wrote there), and (`write`) tidy what a killed run left."""
+    the `files` record wrote there), and (`write`) tidy what a killed run left. Returns the
+    owner of every recorded file, as read for the check."""
     legacy = [name for name in REPORT_FILES if (out / name).is_file()]
     legacy += [p.relative_to(out).as_posix() for p in (out / PAGES_DIR).glob("page-*.html")]
-    store.relativize_outputs(out, relative_output, adopt=legacy)
-    refuse_foreign(out, store, path)
+    store.relativize_outputs(out, legacy_relative, adopt=legacy)
+    owners = refuse_foreign(out, store, path)
     if write:
         claim_folder(out, store)
         clean_partials(out)
+    return owners
 
 
 def relative_output(out: Path, stored: str) -> str:
     """A stored output path as a path relative to the output folder (POSIX style).
 
-    State files written before paths were stored relative hold absolute paths or paths
-    relative to the working folder of that run; those inside `out` are translated.
+    Paths are stored relative to the output folder; an absolute one (a state file from
+    before, whose path could not be translated) is made relative when it lies inside `out`.
+    No system call for a relative path: a 100,000-job rerun reads every one of them.
     """
+    if not os.path.isabs(stored):  # noqa: PTH117 - a string test, for speed
+        return stored
     path = Path(stored)
-    if not path.is_absolute():
-        if not (out / path).exists() and path.exists():
-            path = path.absolute()
-        else:
-            return path.as_posix()
     for base in (out.absolute(), out.resolve()):
         with contextlib.suppress(ValueError):
             return path.relative_to(base).as_posix()
     with contextlib.suppress(ValueError, OSError):
         return path.resolve().relative_to(out.resolve()).as_posix()
     return path.as_posix()
+
+
+def legacy_relative(out: Path, stored: str) -> str:
+    """`relative_output` for a state file written before paths were stored relative, once:
+    a relative path then meant relative to the working folder of the run that wrote it."""
+    path = Path(stored)
+    if not path.is_absolute() and not (out / path).exists() and path.exists():
+        return relative_output(out, str(path.absolute()))
+    return relative_output(out, stored)
 
 
 def _ours_by_name(name: str) -> bool:
@@ -88,16 +99,17 @@ def foreign_files(out: Path, owned: Mapping[str, object], state_path: Path) -> l
     state_dir = state_path.parent.resolve() if state_path.parent.exists() else None
     found: list[str] = []
     root = out.resolve()
+    # Strings, not Paths, per file: the videos folder of a large batch holds 100,000 of them.
     for folder, dirs, names in os.walk(root):
         here = Path(folder)
-        relative_dir = here.relative_to(root)
-        if here != root and "state.sqlite" in names:
+        prefix = "" if here == root else here.relative_to(root).as_posix() + "/"
+        if prefix and "state.sqlite" in names:
             dirs.clear()
             continue
-        dirs[:] = sorted(d for d in dirs if not (here == root and d == SANDBOX_DIR))
+        dirs[:] = sorted(d for d in dirs if not (not prefix and d == SANDBOX_DIR))
         state_names = _state_names(state_path) if here == state_dir else set()
         for name in sorted(names):
-            relative = (relative_dir / name).as_posix()
+            relative = prefix + name
             if relative in owned or name in state_names or _ours_by_name(name):
                 continue
             found.append(relative)
@@ -107,12 +119,13 @@ def foreign_files(out: Path, owned: Mapping[str, object], state_path: Path) -> l
 OUTPUT_DIR_KEY = "output_dir"  #: meta: the folder the `files` records belong to
 
 
-def refuse_foreign(out: Path, store: StateStore | None, state_path: Path) -> None:
-    """Stop before anything is written into a folder that holds someone else's files."""
-    owned = store.owned_files() if store is not None and _records_apply(out, store) else {}
+def refuse_foreign(out: Path, store: StateStore | None, state_path: Path) -> dict[str, str | None]:
+    """Stop before anything is written into a folder that holds someone else's files;
+    returns the owner of every file the state records there."""
+    owned = store.owner_map() if store is not None and _records_apply(out, store) else {}
     foreign = foreign_files(out, owned, state_path)
     if not foreign:
-        return
+        return owned
     shown = ", ".join(foreign[:FOREIGN_SHOWN])
     more = f" and {len(foreign) - FOREIGN_SHOWN} more" if len(foreign) > FOREIGN_SHOWN else ""
     raise UsageError(
@@ -172,32 +185,26 @@ class Rename:
     new: str
 
 
-def stored_outputs(overview: Mapping[str, JobOverview], out: Path) -> dict[str, list[str]]:
-    """Each job's recorded video paths, relative to the output folder."""
-    result: dict[str, list[str]] = {}
-    for job_id, record in overview.items():
-        if record.outputs_json != "[]":
-            result[job_id] = [relative_output(out, o["path"]) for o in record.outputs]
-    return result
-
-
 def check_names(
-    jobs: Iterable[Job], owners: Mapping[str, str | None], stored: Mapping[str, list[str]]
+    jobs: Sequence[Job], owners: Mapping[str, str | None], recorded: Sequence[RecordedOutput]
 ) -> Problems:
     """A job whose output name is a file another job still owns is refused, located."""
     problems = Problems()
-    jobs = list(jobs)
-    final = {job.id: {f"{VIDEOS}/{name}" for name in job.outputs} for job in jobs}
+    by_id: dict[str, Job] | None = None  # built only if some name is owned by another job
     for job in jobs:
         for name in job.outputs:
             path = f"{VIDEOS}/{name}"
             owner = owners.get(path)
             if owner is None or owner == job.id:
                 continue
+            by_id = by_id or {j.id: j for j in jobs}
             # The owner keeps the file if its row still names it, or if it left the manifest.
-            keeps = path in final[owner] if owner in final else path in stored.get(owner, [])
+            if owner in by_id:
+                keeps = name in by_id[owner].outputs
+            else:
+                keeps = any(o.job_id == owner and o.path == path for o in recorded)
             if keeps:
-                where = "a job no longer in the manifest" if owner not in final else "job"
+                where = "job" if owner in by_id else "a job no longer in the manifest"
                 problems.error(
                     job.origin,
                     f"the output {path} already holds the paid video of {where} {owner!r}; "
@@ -208,14 +215,19 @@ def check_names(
     return problems
 
 
-def plan_renames(jobs: Iterable[Job], stored: Mapping[str, list[str]]) -> list[Rename]:
+def plan_renames(
+    jobs: Iterable[Job], recorded: Iterable[RecordedOutput], out: Path
+) -> list[Rename]:
     """Videos whose job now names them differently (its vars changed): renamed, not re-paid."""
+    names = {job.id: job.outputs for job in jobs}
     renames = []
-    for job in jobs:
-        for old, name in zip(stored.get(job.id, []), job.outputs, strict=False):
-            new = f"{VIDEOS}/{name}"
-            if old != new:
-                renames.append(Rename(job.id, old, new))
+    for output in recorded:
+        wanted = names.get(output.job_id, ())
+        if output.index >= len(wanted):
+            continue
+        old, new = relative_output(out, output.path), f"{VIDEOS}/{wanted[output.index]}"
+        if old != new:
+            renames.append(Rename(output.job_id, old, new))
     return renames
 
 
@@ -255,43 +267,45 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def damaged_videos(
-    overview: Mapping[str, JobOverview],
-    owned: Mapping[str, OwnedFile],
-    out: Path,
-    only: Iterable[str] | None = None,
-) -> dict[str, str]:
-    """Done jobs whose video is missing or no longer what was downloaded: id -> reason.
+@dataclass
+class Damage:
+    """What a look at the done jobs' videos found."""
+
+    damaged: dict[str, str]  #: job id -> what is wrong with (one of) its videos
+    unchanged: list[tuple[str, int]]  #: (path, mtime) of files hashed again and found intact
+
+
+def damaged_videos(recorded: Iterable[RecordedOutput], out: Path) -> Damage:
+    """Done jobs whose video is missing or no longer what was downloaded.
 
     Cheap for a large batch: a stat per file; the hash is read again only when the size
-    matches but the modification time moved.
+    matches but the modification time moved (and the new mtime is then remembered).
     """
-    ids = overview.keys() if only is None else only
-    damaged: dict[str, str] = {}
-    for job_id in ids:
-        record = overview.get(job_id)
-        if record is None or record.status is not JobStatus.DONE or record.outputs_json == "[]":
+    found = Damage({}, [])
+    base = os.path.join(out, "")  # noqa: PTH118 - the folder with its separator
+    for output in recorded:
+        if output.status != JobStatus.DONE.value or output.job_id in found.damaged:
             continue
-        for output in record.outputs:
-            relative = relative_output(out, output["path"])
-            reason = _damage(out / relative, output, owned.get(relative))
-            if reason:
-                damaged[job_id] = f"{relative} {reason}"
-                break
-    return damaged
+        relative = relative_output(out, output.path)
+        reason = _damage(base, relative, output, found)
+        if reason:
+            found.damaged[output.job_id] = f"{relative} {reason}"
+    return found
 
 
-def _damage(path: Path, output: Mapping[str, object], known: OwnedFile | None) -> str | None:
+def _damage(out: str, relative: str, output: RecordedOutput, found: Damage) -> str | None:
+    path = out + relative  # a string, not a Path: this runs once per video of the batch
     try:
-        stat = path.stat()
+        stat = os.stat(path)  # noqa: PTH116
     except FileNotFoundError:
         return "is missing"
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
-    if output.get("bytes") is not None and stat.st_size != output["bytes"]:
-        return f"has {stat.st_size:,} bytes, not the {output['bytes']:,} downloaded"
-    if known is not None and known.mtime_ns == stat.st_mtime_ns:
+    if output.bytes is not None and stat.st_size != output.bytes:
+        return f"has {stat.st_size:,} bytes, not the {output.bytes:,} downloaded"
+    if output.mtime_ns == stat.st_mtime_ns or not output.sha256:
         return None
-    if output.get("sha256") and file_sha256(path) != output["sha256"]:
+    if file_sha256(Path(path)) != output.sha256:
         return "was changed since it was downloaded"
+    found.unchanged.append((relative, stat.st_mtime_ns))
     return None

@@ -50,7 +50,11 @@ def write_reports(
         overview=overview,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    owned = store.owned_files()
+    # Only the few files that may be deleted are looked up, not every video's record.
+    stale_pages = [
+        p.relative_to(output_dir).as_posix() for p in (output_dir / PAGES_DIR).glob("page-*.html")
+    ]
+    owned = store.file_owners(["failures.yaml", *stale_pages])
     # Recorded before they are written: a crash (or a locked state file) between the two
     # must not leave report files that the next run takes for someone else's.
     store.own_files(OwnedFile(name) for name in _report_names(data, failed=True))

@@ -131,6 +131,19 @@ class OwnedFile:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordedOutput:
+    """One video a job's record names, with what `files` knows of it (see recorded_outputs)."""
+
+    job_id: str
+    status: str
+    index: int  #: which result of the job
+    path: str  #: as stored: relative to the output folder (absolute in very old files)
+    bytes: int | None
+    sha256: str | None
+    mtime_ns: int | None  #: when it was last seen as downloaded, if recorded
+
+
+@dataclass(frozen=True, slots=True)
 class JobMoney:
     """What the ledger says one job id cost, over every attempt this state file recorded."""
 
@@ -876,6 +889,33 @@ class StateStore:
                 "SELECT path, job_id, bytes, sha256, mtime_ns FROM files ORDER BY rowid"
             )
         }
+
+    def recorded_outputs(self) -> list[RecordedOutput]:
+        """Every video every job's record names, flattened by SQLite's JSON functions: for a
+        100,000-job batch far cheaper than decoding each job's outputs in Python."""
+        with self._readable():
+            rows = self._db.execute(
+                """SELECT j.id, j.status, o.key, json_extract(o.value, '$.path'),
+                          json_extract(o.value, '$.bytes'), json_extract(o.value, '$.sha256'),
+                          f.mtime_ns
+                   FROM jobs j, json_each(j.outputs) o
+                   LEFT JOIN files f ON f.path = json_extract(o.value, '$.path')
+                   ORDER BY j.rowid, o.key"""
+            )
+            return [RecordedOutput(*row) for row in rows]
+
+    def owner_map(self) -> dict[str, str | None]:
+        """Every recorded file's path and the job that owns it (None: a report file)."""
+        return dict(self._db.execute("SELECT path, job_id FROM files").fetchall())
+
+    def seen_unchanged(self, mtimes: Iterable[tuple[str, int]]) -> None:
+        """Files hashed again and found unchanged: remember their new mtime, so that the next
+        run needs only a stat for them."""
+        with self._transaction() as db:
+            db.conn.executemany(
+                "UPDATE files SET mtime_ns = ? WHERE path = ?",
+                [(mtime, path) for path, mtime in mtimes],
+            )
 
     def file_owners(self, paths: Iterable[str]) -> dict[str, str | None]:
         """The job that owns each of these paths (None: a report file); unknown paths left out."""

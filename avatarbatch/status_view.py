@@ -20,7 +20,7 @@ def stored_jobs(path: Path, out: Path | None, default_out: Path) -> dict[str, St
     try:
         stored = store.planning_view()
         folder = out or outputs.folder_of(store, default_out)
-        damaged = outputs.damaged_videos(store.overview(), store.owned_files(), folder)
+        damaged = outputs.damaged_videos(store.recorded_outputs(), folder).damaged
     finally:
         store.close()
     for job_id in damaged:
@@ -49,10 +49,9 @@ def load(manifest: Path | None, *, state: Path | None, out: Path | None) -> dict
             "by_status": store.counts(),
             "spend": round(store.spend(), 5),
             "damaged_videos": outputs.damaged_videos(
-                store.overview(),
-                store.owned_files(),
+                store.recorded_outputs(),
                 out or outputs.folder_of(store, default_out or state.parent),
-            ),
+            ).damaged,
             "estimated": round(sum(j.estimated_cost or 0.0 for j in jobs.values()), 5),
             "failures": [
                 {"id": j.id, "error_code": j.error_code, "error_message": j.error_message}
