@@ -250,7 +250,8 @@ def build_report(
 ) -> ReportData:
     """The report of the manifest's jobs as the state file knows them now."""
     records = store.overview() if overview is None else overview
-    money = store.money_by_job()
+    # Only the jobs whose money is more than their record's own figure, and removed ones.
+    money = store.money_by_job(job.id for job in jobs)
     relative = RelativeTo(output_dir)
     rows = [job_report(job, records.get(job.id), money.get(job.id), relative) for job in jobs]
     names = {job.id for job in jobs}

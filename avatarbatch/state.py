@@ -832,16 +832,30 @@ class StateStore:
             ).fetchone()
         return float(row[0])
 
-    def money_by_job(self) -> dict[str, JobMoney]:
-        """The ledger summed per job id, removed jobs included (in the order first submitted)."""
+    def money_by_job(self, manifest_ids: Iterable[str] | None = None) -> dict[str, JobMoney]:
+        """The ledger summed per job id, removed jobs included (in the order first submitted).
+
+        With `manifest_ids`, only the jobs whose money is not simply their record's
+        `actual_cost` (earlier attempts, an estimated cost) and the jobs outside the manifest:
+        100,000 ordinary jobs then cost no memory here.
+        """
         open_statuses = ", ".join(f"'{status}'" for status in OPEN_TASK_STATUSES)
+        only = ""
+        params: list[Any] = []
+        if manifest_ids is not None:
+            only = """HAVING earlier != 0 OR guessed OR j.id IS NULL
+                      OR abs(billed - coalesce(j.actual_cost, 0)) > 1e-9
+                      OR t.job_id NOT IN (SELECT value FROM json_each(?))"""
+            params.append(json.dumps(list(manifest_ids)))
         rows = self._db.execute(
-            f"""SELECT t.job_id, total(t.billed_cost),
-                       total(CASE WHEN t.task_uuid IS NOT j.task_uuid THEN t.billed_cost END),
+            f"""SELECT t.job_id, total(t.billed_cost) AS billed,
+                       total(CASE WHEN t.task_uuid IS NOT j.task_uuid THEN t.billed_cost END)
+                           AS earlier,
                        total(CASE WHEN t.status IN ({open_statuses}) THEN t.estimated_cost END),
-                       max(t.cost_source = 'estimate'), j.model
+                       max(t.cost_source = 'estimate') AS guessed, j.model
                 FROM tasks t LEFT JOIN jobs j ON j.id = t.job_id
-                GROUP BY t.job_id ORDER BY min(t.rowid)"""  # noqa: S608 (fixed names)
+                GROUP BY t.job_id {only} ORDER BY min(t.rowid)""",  # noqa: S608 (fixed names)
+            params,
         )
         return {
             job_id: JobMoney(float(billed), float(earlier), float(pending), bool(guessed), model)
