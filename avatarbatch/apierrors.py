@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from typing import Any
 
@@ -45,6 +46,32 @@ TRANSIENT_CODES = frozenset(
     }
 )  # fmt: skip
 NOT_FOUND_CODES = frozenset({"taskFailedOrNotFound", "taskCancelled", "unknownModel"})
+#: A submission refused for one of these names an input the API no longer has (or never had).
+STALE_INPUT_PARAMETERS = frozenset({"inputs.image", "inputs.audio"})
+# Codes that say an input's UUID is unknown: `invalidImageUUID`, `unknownMediaUUID`,
+# `imageNotFound`, `mediaUUIDExpired`, `audioDoesNotExist`... Bare `invalidImage` is not
+# among them: it is as often an unreadable picture, which uploading again would not mend.
+_STALE_CODE = re.compile(
+    r"(?:invalid|unknown)(?:input)?(?:image|audio|media)(?:uuid|id)"
+    r"|(?:input)?(?:image|audio|media)(?:uuid|id)?(?:notfound|expired|doesnotexist|deleted|gone)",
+    re.IGNORECASE,
+)
+_MEDIA = r"(?:image|audio|media|upload(?:ed)?\s+file)"
+_GONE = (
+    r"(?:was\s+|were\s+|could\s+not\s+be\s+|cannot\s+be\s+|can't\s+be\s+)?not\s+found"
+    r"|(?:has\s+|have\s+)?expired|does\s+not\s+exist|doesn't\s+exist|no\s+longer\s+exists?"
+    r"|(?:was|has\s+been)\s+deleted"
+)
+# The server's words, both orders: "image 5e7d... not found", "no such media 9a8b...".
+# Within one clause only, and "unknown" only before a UUID: "unknown media type" is a
+# format the API cannot read, not an upload it forgot.
+_STALE_MESSAGE = re.compile(
+    rf"\b{_MEDIA}\b[^.;:!?]{{0,80}}?\b(?:{_GONE})\b"
+    rf"|\b(?:no\s+such|could\s+not\s+find|cannot\s+find|can't\s+find|expired)"
+    rf"\s+(?:input\s+)?{_MEDIA}\b"
+    rf"|\bunknown\s+(?:input\s+)?{_MEDIA}\s+(?:uuid|id)\b",
+    re.IGNORECASE,
+)
 #: A longer Retry-After is read as this: the rate limiter pauses every request for it, so one
 #: header (broken or hostile) asking for a day must not park a whole run for a day.
 MAX_RETRY_AFTER = 600.0
@@ -84,6 +111,25 @@ def is_not_found(error: ApiError) -> bool:
     """Whether the API does not know the task (so a submit never landed)."""
     code = error.code or ""
     return code in NOT_FOUND_CODES or code.endswith("NotFound")
+
+
+def is_stale_input(error: ApiError) -> bool:
+    """Whether a refused submission names an input (image, audio) the API does not have.
+
+    Runware forgets uploads unused for 30 days; such a refusal is mended by uploading the
+    inputs again and resubmitting. Recognised by the field at fault (`inputs.image`,
+    `inputs.audio`), or by a code or message saying an image/audio/media UUID is not found,
+    expired or does not exist. A not-found of a task (getResponse) is not one, nor is an
+    input refused for what it holds (`invalidImage` alone: a bad picture stays bad).
+    """
+    if error.parameter in STALE_INPUT_PARAMETERS:
+        return True
+    code = error.code or ""
+    if code in NOT_FOUND_CODES:
+        return False
+    if _STALE_CODE.fullmatch(code):
+        return True
+    return bool(_STALE_MESSAGE.search(error.message))
 
 
 def from_error_object(

@@ -57,6 +57,7 @@ class BatchOptions:
     retry_failed: bool = False
     poll: PollTiming = field(default_factory=PollTiming)
     job_timeout: float = 3600.0
+    poll_batch: int | None = None  #: getResponse tasks per POST; None: the client's default
 
     def public(self) -> dict[str, Any]:
         """The options as stored in the state file and reports: no key, no secrets."""
@@ -69,6 +70,7 @@ class BatchOptions:
             "rps": self.rps,
             "max_cost": str(self.max_cost) if self.max_cost is not None else None,
             "retry_failed": self.retry_failed,
+            "poll_batch": self.poll_batch,
         }
 
 
@@ -336,7 +338,10 @@ def _api(options: BatchOptions, out: Path) -> Iterator[ClientSettings]:
         with running_sandbox(config) as sandbox:
             log.info("sandbox serving at %s", sandbox.api_url)
             base = options.client or ClientSettings(api_key=SecretStr(key))
-            yield base.model_copy(update={"api_url": sandbox.api_url, "api_key": SecretStr(key)})
+            update: dict[str, Any] = {"api_url": sandbox.api_url, "api_key": SecretStr(key)}
+            if options.poll_batch is not None:
+                update["poll_batch_size"] = options.poll_batch
+            yield base.model_copy(update=update)
     finally:
         if options.sandbox.storage_dir is None:
             shutil.rmtree(storage, ignore_errors=True)

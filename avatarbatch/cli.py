@@ -13,10 +13,20 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from avatarbatch import __version__, batch, run_command, starter, status_view, views
+from avatarbatch import (
+    __version__,
+    batch,
+    check,
+    check_command,
+    run_command,
+    starter,
+    status_view,
+    views,
+)
 from avatarbatch.diagnostics import display_path
 from avatarbatch.errors import AvatarBatchError, ManifestError
 from avatarbatch.plan import build_plan
+from avatarbatch.poller import NOT_FOUND_GRACE
 from avatarbatch.preflight import Preflight, preflight
 from avatarbatch.sandbox import settings as sandbox_settings
 from avatarbatch.sandbox.server import serve
@@ -134,6 +144,26 @@ def run(
     sandbox_faults: Annotated[str | None, typer.Option(help="Sandbox fault rates.")] = None,
     sandbox_render: Annotated[str, typer.Option(help="Sandbox renders: full or stub.")] = "full",
     sandbox_seed: Annotated[int, typer.Option(help="Sandbox seed.")] = 0,
+    sandbox_profile: Annotated[
+        str, typer.Option(help="Sandbox profile: default, or strict (the docs' narrowest reading).")
+    ] = "default",
+    poll_batch: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=500,
+            help="getResponse tasks per request (1: one each, the SDK's way; default: 50, "
+            "or 1 if a fresh `avatarbatch check` found batches refused).",
+        ),
+    ] = None,
+    not_found_grace: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds a task the API accepted may answer 'not found' before it is sent "
+            "again under the same UUID (a registration lag must not fail a paid job).",
+        ),
+    ] = NOT_FOUND_GRACE,
     as_json: JsonOpt = False,
 ) -> None:
     """Run every job that is not done yet (resumable; never pays twice for a job)."""
@@ -153,6 +183,9 @@ def run(
             sandbox_faults=sandbox_faults,
             sandbox_render=sandbox_render,
             sandbox_seed=sandbox_seed,
+            sandbox_profile=sandbox_profile,
+            poll_batch=poll_batch,
+            not_found_grace=not_found_grace,
         )
         summary = run_command.execute(manifest, options, tty=tty)
     if as_json:
@@ -214,6 +247,14 @@ def sandbox(
         int | None,
         typer.Option(help="Pad every MP4/MOV result to this size (sparse), to test big downloads."),
     ] = None,
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="default, or strict: one getResponse per request, 202 acknowledgements, a 2 s "
+            "registration lag, 'completed' results, no videoURL with an uploadEndpoint, "
+            "upload UUIDs never reused."
+        ),
+    ] = "default",
 ) -> None:
     """Serve the offline Runware emulator (POST /v1, GET /sandbox/ledger, /sandbox/stats)."""
     with user_errors():
@@ -228,12 +269,13 @@ def sandbox(
             allow_remote=allow_remote,
             balance=balance,
             video_bytes=video_bytes,
+            profile=profile,
         )
         if host not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
             stderr().print(f"warning: serving on {host}: other machines can reach this sandbox")
         stderr().print(
             f"sandbox: http://{host}:{port}/v1 (ledger: /sandbox/ledger, stats: /sandbox/stats); "
-            f"faults: {config.faults}, seed {config.seed}; Ctrl-C stops",
+            f"profile {config.profile}, faults: {config.faults}, seed {config.seed}; Ctrl-C stops",
             markup=False,
         )
         serve(config, host, port)
@@ -252,6 +294,24 @@ def report(
         summary, folder = status_view.rewrite_reports(manifest, state=state, out=out)
     stdout().print(summary.rstrip(), markup=False)
     stdout().print(f"gallery: {folder / 'index.html'}", markup=False)
+
+
+@app.command(name="check")
+def check_api(
+    api_url: Annotated[
+        str | None, typer.Option(help="API base URL (default RUNWARE_API_URL).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Before your first real batch: what the API accepts, with calls that cost nothing."""
+    with user_errors():
+        result = check_command.execute(os.environ, api_url=api_url)
+    if as_json:
+        typer.echo(json.dumps(result.as_json()))
+    else:
+        for line in check.summary_lines(result):
+            stdout().print(line, markup=False)
+    raise typer.Exit(4 if result.auth == "refused" else 0)
 
 
 @app.command()

@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 from string import Template
 from urllib.parse import quote
 
-from avatarbatch.reportdata import MISMATCH_RATIO, JobReport, ReportData, Totals
+from avatarbatch.reportdata import DELIVERED, MISMATCH_RATIO, JobReport, ReportData, Totals
 
 STATUS_FILTERS = ("done", "failed", "other")
 #: Geometry of the inline SVG bar charts, in user units (the SVG scales to its box).
@@ -248,7 +248,8 @@ def _card(job: JobReport, var_names: list[str], slugs: dict[str, str], up: str =
     )
     expected = "" if job.audio_seconds is None else str(round(job.audio_seconds, 3))
     job_id = escape(job.id)
-    hrefs = [escape(quote(up + path, safe="/")) for path in job.outputs]
+    local = [path for path in job.outputs if not path.startswith(DELIVERED)]
+    hrefs = [escape(quote(up + path, safe="/")) for path in local]
     media = (
         "".join(
             # `#t=0.5`: browsers then show a frame of the video instead of a black box.
@@ -260,7 +261,9 @@ def _card(job: JobReport, var_names: list[str], slugs: dict[str, str], up: str =
     )
     files = "".join(
         f'<a href="{href}">{escape(path.rpartition("/")[2])}</a>'
-        for href, path in zip(hrefs, job.outputs, strict=True)
+        for href, path in zip(hrefs, local, strict=True)
+    ) + "".join(
+        f"<span>{escape(path)}</span>" for path in job.outputs if path.startswith(DELIVERED)
     )
     mismatch = (
         f'<p class="warn">Actual differs from estimate by more than {MISMATCH_RATIO:.0%}</p>'

@@ -24,6 +24,9 @@ from avatarbatch.runware import RunwareClient, TaskState
 log = logging.getLogger("avatarbatch.poller")
 
 
+NOT_FOUND_GRACE = 30.0  #: seconds; see PollTiming.not_found_grace
+
+
 @dataclass(frozen=True)
 class PollTiming:
     initial: float = 1.0  #: first check while nothing has been learnt yet
@@ -39,6 +42,10 @@ class PollTiming:
     smoothing: float = 0.3  #: weight of the newest observation
     blind_step: float = 0.15  #: re-check after this share of the wait, before anything is learnt
     blind_min: float = 0.25  #: and at least this long
+    #: how long a task the API accepted may answer "not found" (or not be mentioned at all)
+    #: before the runner is told: the docs say nothing of a registration lag, or of results
+    #: aging out, and a job failed too early is paid for again by --retry-failed
+    not_found_grace: float = NOT_FOUND_GRACE
 
 
 class RenderTimeEstimate:
@@ -84,6 +91,7 @@ class _Watch:
     interval: float = 0.0  #: 0 while nothing has been learnt: blind re-checks
     window: float = 0.0
     last_miss: float | None = None
+    doubt_since: float | None = None  #: when the API first answered as if it did not know it
 
 
 class Poller:
@@ -181,7 +189,9 @@ class Poller:
             if watch is None:
                 continue
             state = states.get(uuid)
-            if state is not None and state.finished(watch.expected):
+            if state is not None and self._in_doubt(watch, state, now):
+                missed.append(watch)
+            elif state is not None and state.finished(watch.expected):
                 del self._watches[uuid]
                 self._learn(watch, now)
                 if not watch.future.done():
@@ -191,6 +201,15 @@ class Poller:
         for watch in missed:
             watch.last_miss = now
             self._reschedule(watch, now)
+
+    def _in_doubt(self, watch: _Watch, state: TaskState, now: float) -> bool:
+        """Whether to keep asking about a task the API says it does not know."""
+        if not state.unknown:
+            watch.doubt_since = None
+            return False
+        if watch.doubt_since is None:
+            watch.doubt_since = now
+        return now - watch.doubt_since < self._timing.not_found_grace
 
     def _plan(self, watch: _Watch, now: float) -> bool:
         """Time the checks of `watch` by the expected render time, if one has been learnt."""

@@ -17,6 +17,7 @@ from avatarbatch.manifest import Job
 from avatarbatch.state import JobMoney, JobOverview, StateStore
 
 MISMATCH_RATIO = 0.10  #: an actual cost this far from its estimate is pointed out
+DELIVERED = "delivered to "  #: how a video the API put at the task's uploadEndpoint is listed
 REMOVED = "removed"  #: the status shown for a job id the manifest no longer has, but paid for
 
 
@@ -179,7 +180,7 @@ def job_report(
             False,
         )
     files = record.outputs
-    outputs = [relative(o["path"]) for o in files]
+    outputs = [relative(o["path"]) if "path" in o else DELIVERED + o["delivered"] for o in files]
     estimate = record.estimated_cost
     # A job the ledger never saw (a state written by hand, or by tests) keeps its own figure.
     actual = record.actual_cost if money is None else money.billed
@@ -203,7 +204,7 @@ def job_report(
         attempts=record.attempts,
         task_uuid=record.task_uuid,
         outputs=outputs,
-        sha256=[o["sha256"] for o in files],
+        sha256=[o.get("sha256") or "" for o in files],
         error=record.error_message,
         cost_mismatch=mismatch,
     )

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 
-from avatarbatch import batch, progress
+from avatarbatch import batch, check, progress
 from avatarbatch.batch import BatchOptions, RunSummary
+from avatarbatch.poller import NOT_FOUND_GRACE, PollTiming
 from avatarbatch.runner import Runner
 from avatarbatch.sandbox import settings as sandbox_settings
 from avatarbatch.settings import client_settings, read_dotenv
 
+log = logging.getLogger("avatarbatch.run")
+
 PROGRESS_EVERY = 0.5  #: seconds between progress redraws
+CHECKED_SINGLE_POLLS = 1  #: the poll batch that a check finding batches refused calls for
 
 
 def options(
@@ -36,8 +42,15 @@ def options(
     sandbox_faults: str | None,
     sandbox_render: str,
     sandbox_seed: int,
+    sandbox_profile: str = "default",
+    poll_batch: int | None = None,
+    not_found_grace: float = NOT_FOUND_GRACE,
 ) -> BatchOptions:
-    """BatchOptions from command-line values; the sandbox is used only when asked for."""
+    """BatchOptions from command-line values; the sandbox is used only when asked for.
+
+    Without --poll-batch, a fresh `avatarbatch check` of the same API decides whether polls
+    are batched, so the very first poll of a real run already takes the right shape.
+    """
     sandbox_config = None
     client = None
     if sandbox:
@@ -47,9 +60,14 @@ def options(
             render=sandbox_render,
             seed=sandbox_seed,
             workers=max(4, concurrency),
+            profile=sandbox_profile,
         )
     else:
         client = client_settings(environ, read_dotenv(Path(".env")), api_url=api_url)
+        if poll_batch is None and check.refused_batches(environ, client.api_url):
+            poll_batch = CHECKED_SINGLE_POLLS
+        if poll_batch is not None:
+            client = client.model_copy(update={"poll_batch_size": poll_batch})
     return BatchOptions(
         client=client,
         sandbox=sandbox_config,
@@ -59,12 +77,18 @@ def options(
         rps=rps,
         max_cost=None if max_cost is None else Decimal(str(max_cost)),
         retry_failed=retry_failed,
+        poll_batch=poll_batch,
+        poll=PollTiming(not_found_grace=not_found_grace),
     )
 
 
 def execute(manifest: Path, run_options: BatchOptions, *, tty: bool) -> RunSummary:
     """Run with log lines (and a live bar on a terminal); returns the summary."""
     console = progress.configure_logging(tty=tty)
+    client = run_options.client
+    single = run_options.poll_batch == CHECKED_SINGLE_POLLS and client is not None
+    if single and client is not None and check.refused_batches(os.environ, client.api_url):
+        log.info("a fresh `avatarbatch check` found batched polls refused: one task each")
     return asyncio.run(_with_progress(manifest, run_options, console))
 
 

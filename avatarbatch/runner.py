@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from avatarbatch import apierrors
 from avatarbatch.budget import Budget
 from avatarbatch.errors import (
     ApiError,
@@ -71,8 +72,6 @@ ADOPTED = (JobStatus.SUBMITTING, JobStatus.PROCESSING)
 #: downloads of one result that may fail the video check before the job is left for the next
 #: run (the result is paid for: a bad download is never a reason to pay again)
 VERIFY_ATTEMPTS = 3
-# A submission refused for one of these names an input the API no longer has (or never had).
-STALE_INPUT_PARAMETERS = frozenset({"inputs.image", "inputs.audio"})
 
 
 @dataclass(frozen=True)
@@ -142,6 +141,8 @@ class Runner:
         self._downloading = asyncio.Semaphore(options.downloads)
         self._uploads: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._refreshed: set[tuple[str, str]] = set()
+        #: task UUIDs sent again because the API did not know them: a second "unknown" is final
+        self._resent: set[str] = set()
         self._stopping = asyncio.Event()
         self._drivers: list[asyncio.Task[None]] = []
 
@@ -241,17 +242,17 @@ class Runner:
 
     async def _settle_stray(self, task: StrayTask) -> None:
         """Wait for a task no job drives any more (its spec changed or its row was removed
-        while it rendered) and book what it cost: the provider bills it all the same."""
+        while it rendered) and book what it cost: the provider bills it all the same.
+
+        One still `submitting` may never have landed: it holds no render slot, and only when
+        it stays unknown through the not-found grace period is it booked as never billed (a
+        registration lag must not pass for "it never arrived").
+        """
         uuid = task.task_uuid
-        async with self._in_flight:
+        landed = task.status is not TaskStatus.SUBMITTING
+        async with self._in_flight if landed else contextlib.nullcontext():
+            waiting = self.poller.watch(uuid, task.number_results, task.audio_seconds)
             try:
-                submitting = task.status is TaskStatus.SUBMITTING
-                if submitting and (await self.client.poll([uuid]))[uuid].not_found:
-                    # It never landed, and nobody will send it again: nothing to pay.
-                    gone = TaskEntry(uuid, TaskStatus.REFUSED, billed_cost=0.0)
-                    self.state.settle_task(task.job_id, gone)
-                    return
-                waiting = self.poller.watch(uuid, task.number_results, task.audio_seconds)
                 async with asyncio.timeout(self.options.job_timeout):
                     state = await waiting
             except (TimeoutError, ApiError) as exc:
@@ -260,6 +261,10 @@ class Runner:
                     "earlier task %s of %s: %s; the next run asks again", uuid, task.job_id, exc
                 )
                 return
+        if state.unknown and not landed:
+            gone = TaskEntry(uuid, TaskStatus.REFUSED, billed_cost=0.0)
+            self.state.settle_task(task.job_id, gone)
+            return
         per_result = Decimal(str(task.estimated_cost or 0.0)) / task.number_results
         cost, source = billed_cost(state.results, per_result)
         status = TaskStatus.BILLED if state.results else TaskStatus.UNBILLED
@@ -375,7 +380,7 @@ class Runner:
                 self.state.settle_task(job.id, refused)
                 raise
             self.budget.release(job.id)
-            if exc.parameter in STALE_INPUT_PARAMETERS and not refreshed:
+            if apierrors.is_stale_input(exc) and not refreshed:
                 # Runware forgets uploads unused for 30 days: upload again, once, and resubmit.
                 log.warning("job %s: %s; uploading the inputs again", job.id, exc)
                 self.state.settle_task(job.id, refused)
@@ -396,7 +401,7 @@ class Runner:
         """A submission whose outcome was never recorded: did the API get it?"""
         assert record.task_uuid is not None
         known = (await self.client.poll([record.task_uuid]))[record.task_uuid]
-        if known.not_found:
+        if known.unknown:  # a not-found error, or an answer that does not mention the task
             log.info("job %s: task %s never arrived; submitting it again", job.id, record.task_uuid)
             return await self._submit(job, record, new_attempt=False)
         accepted = TaskEntry(record.task_uuid, TaskStatus.ACCEPTED)
@@ -418,6 +423,17 @@ class Runner:
             )
             raise Stopped("timeout") from None
         await self.hooks.checkpoint("poll:done", job.id)
+        if state.unknown and record.task_uuid not in self._resent:
+            # Still unknown after the poller's grace period, though the API accepted it: send
+            # the very same task again. A copy of a task it has is refused as a conflict,
+            # never billed; a task it lost is rendered now, once.
+            self._resent.add(record.task_uuid)
+            log.warning(
+                "job %s: the API does not know task %s, which it accepted; sending it again",
+                job.id,
+                record.task_uuid,
+            )
+            return await self._submit(job, record, new_attempt=False)
         return await self._after_render(job, record, state)
 
     async def _after_render(self, job: Job, record: JobRecord, state: TaskState) -> JobRecord:
@@ -443,7 +459,7 @@ class Runner:
         self.budget.settle(job.id, Decimal(0))
         unbilled = TaskEntry(record.task_uuid, TaskStatus.UNBILLED, billed_cost=0.0)
         self.state.settle_task(job.id, unbilled)
-        error = state.errors[0]
+        error = _unknown_task(record.task_uuid, state) if state.unknown else state.errors[0]
         retryable = isinstance(error, TransientError) and not state.not_found
         if (
             retryable
@@ -457,14 +473,23 @@ class Runner:
 
     async def _download(self, job: Job, record: JobRecord) -> None:
         files: list[OwnedFile] = []
+        outputs: list[dict[str, object]] = []
         for name, result in zip(job.outputs, record.results, strict=False):
+            if result["video_url"] is None:
+                # No URL: the API delivered the video to the task's uploadEndpoint, which is
+                # where it lives now. Recorded without the query: a presigned URL's signature
+                # is a credential.
+                outputs.append({"delivered": _without_query(job.upload_endpoint or "")})
+                continue
             relative = f"{VIDEOS}/{name}"
             final = self.out / relative
             await self.hooks.checkpoint("download:before", job.id)
             try:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 async with self._downloading:
-                    files.append(await self._fetch(job, result["video_url"], final, relative))
+                    file = await self._fetch(job, result["video_url"], final, relative)
+                files.append(file)
+                outputs.append({"path": file.path, "bytes": file.bytes, "sha256": file.sha256})
             except ApiError as exc:
                 if isinstance(exc, AuthError | CreditError):
                     raise
@@ -501,7 +526,6 @@ class Runner:
                 self.stop(f"{reason} (the next run downloads it again)")
                 raise Stopped("local write failed") from exc
             await self.hooks.checkpoint("download:renamed", job.id)
-        outputs = [{"path": f.path, "bytes": f.bytes, "sha256": f.sha256} for f in files]
         final_status = JobStatus.FAILED if record.error_message else JobStatus.DONE
         self._transition(job, final_status, files=files, outputs=outputs)
         self._remove_superseded(job, record, {f.path for f in files})
@@ -609,6 +633,20 @@ def billed_cost(results: list[VideoResult], per_result: Decimal) -> tuple[Decima
     costs = [per_result if r.cost is None else Decimal(str(r.cost)) for r in results]
     source = "estimate" if any(r.cost is None for r in results) else "api"
     return sum(costs, Decimal(0)), source
+
+
+def _without_query(url: str) -> str:
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
+def _unknown_task(task_uuid: str, state: TaskState) -> ApiError:
+    said = f" (it said: {state.errors[0]})" if state.errors else " (it did not mention it)"
+    return RejectedError(
+        f"Runware no longer knows task {task_uuid}, which it had accepted, and sending it "
+        f"again did not bring it back{said}",
+        code="taskNotFound",
+        task_uuid=task_uuid,
+    )
 
 
 def _result_dict(result: VideoResult) -> dict[str, object]:

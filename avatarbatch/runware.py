@@ -15,10 +15,12 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import math
 import random
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,18 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # an API answer larger than this is not a
 # Statuses whose errors belong to single tasks of a batch, not to the request as a whole.
 TASK_LEVEL_STATUSES = frozenset({400, 404, 409, 422})
 WEB_SCHEMES = ("http", "https")
+#: Redirects of an API POST that keep its method and body (RFC 9110 15.4.8-9); 301, 302 and
+#: 303 let clients turn a POST into a GET, which is never what the API wants.
+BODY_KEEPING_REDIRECTS = frozenset({307, 308})
+METHOD_CHANGING_REDIRECTS = frozenset({301, 302, 303})
+MAX_API_REDIRECTS = 5
+#: The code of our own refusal to follow a redirect of the API endpoint.
+REDIRECT_REFUSED = "redirectRefused"
+#: getResponse POSTs of one poll() in flight at once, once polls go one task per POST: the
+#: rate limiter still paces them, this only keeps them from taking the whole HTTP pool.
+POLL_PARALLEL = 4
+SUCCESS_STATUSES = frozenset({"success", "completed"})
+FAILURE_STATUSES = frozenset({"error", "failed"})
 
 
 def header_value_problem(value: str) -> str | None:
@@ -75,8 +89,12 @@ class ClientSettings(BaseModel):
 
     api_url: str = DEFAULT_API_URL
     api_key: SecretStr
-    #: tasks per POST when polling (getResponse) or submitting (videoInference) many at once
+    #: videoInference tasks per POST when submitting many at once
     batch_size: int = Field(50, ge=1, le=500)
+    #: getResponse tasks per POST when polling many at once; 1 polls one task per POST, as
+    #: the official SDK does. The docs never show batched polls: an API refusing them makes
+    #: the client fall back to 1 for the rest of its life (see RunwareClient.poll)
+    poll_batch_size: int = Field(50, ge=1, le=500)
     max_attempts: int = Field(6, ge=1)
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
@@ -132,14 +150,18 @@ class VideoResult(BaseModel):
 
     task_uuid: str = Field(alias="taskUUID")
     video_uuid: str = Field(alias="videoUUID")
-    video_url: str = Field(alias="videoURL")
+    #: None when the API gave no URL of its own: the task had an uploadEndpoint, and the
+    #: video went there (an answer the docs leave open, RUNWARE_PROTOCOL.md section 7)
+    video_url: str | None = Field(None, alias="videoURL")
     seed: int | None = None
     nsfw: bool | None = Field(None, alias="NSFWContent")
     cost: float | None = None
 
     @field_validator("video_url")
     @classmethod
-    def _http_only(cls, value: str) -> str:
+    def _http_only(cls, value: str | None) -> str | None:
+        if not value:  # "" says "no URL" as plainly as a missing key or a null does
+            return None
         if not value.lower().startswith(("http://", "https://")):
             raise ValueError("videoURL is not an http(s) URL")
         return value
@@ -171,13 +193,25 @@ class TaskState:
     results: list[VideoResult] = field(default_factory=list)
     errors: list[ApiError] = field(default_factory=list)
     processing: int = 0
+    #: whether the answer named this task at all, in an item or an error
+    answered: bool = False
 
     def finished(self, expected_results: int) -> bool:
         return len(self.results) + len(self.errors) >= expected_results
 
     @property
     def not_found(self) -> bool:
+        """The API said it does not know the task (a not-found error, and no result)."""
         return any(apierrors.is_not_found(e) for e in self.errors) and not self.results
+
+    @property
+    def unknown(self) -> bool:
+        """The API showed no sign of knowing the task: a not-found, or nothing said of it.
+
+        An answer that leaves a task out (an empty `data`) is no proof that it exists: an API
+        may not see a task for a moment after accepting it, and may say so either way.
+        """
+        return self.not_found or not self.answered
 
 
 @dataclass(frozen=True)
@@ -218,27 +252,40 @@ class RunwareClient:
         self._downloads = downloads or http
         self._settings = settings
         self._gate = gate
+        self._single_polls = settings.poll_batch_size == 1
 
     def __repr__(self) -> str:
         return f"RunwareClient(api_url={self._settings.api_url!r})"
 
+    @property
+    def single_task_polls(self) -> bool:
+        """Whether polls go one getResponse task per POST: asked for (`poll_batch_size=1`),
+        or learnt when the API refused a batched poll."""
+        return self._single_polls
+
     # --- operations -------------------------------------------------------------------------
 
     async def upload_image(self, data: bytes, mime: str, task_uuid: str) -> Upload:
-        """Store an image at Runware (imageUpload); returns its imageUUID and URL."""
+        """Store an image at Runware (imageUpload); returns its imageUUID and URL.
+
+        `task_uuid` is the first try's; a conflictTaskUUID answer retries once under a new one.
+        """
         task = {"taskType": "imageUpload", "taskUUID": task_uuid, "image": _data_uri(data, mime)}
-        item = await self._single(task)
+        item = await self._uploaded(task)
         return self._upload(item, "imageUUID", "imageURL")
 
     async def upload_media(self, data: bytes, mime: str, task_uuid: str) -> Upload:
-        """Store any media at Runware (mediaStorage upload); returns its mediaUUID and URL."""
+        """Store any media at Runware (mediaStorage upload); returns its mediaUUID and URL.
+
+        `task_uuid` is the first try's; a conflictTaskUUID answer retries once under a new one.
+        """
         task = {
             "taskType": "mediaStorage",
             "taskUUID": task_uuid,
             "operation": "upload",
             "media": _data_uri(data, mime),
         }
-        item = await self._single(task)
+        item = await self._uploaded(task)
         return self._upload(item, "mediaUUID", "mediaURL")
 
     async def submit(self, task: dict[str, Any]) -> None:
@@ -263,13 +310,15 @@ class RunwareClient:
         return await self._submit_in_chunks(tasks, self._settings.batch_size)
 
     async def poll(self, task_uuids: Iterable[str]) -> dict[str, TaskState]:
-        """The state of many tasks, asked in batches of `batch_size` getResponse tasks per POST."""
+        """The state of many tasks, `poll_batch_size` getResponse tasks per POST.
+
+        Nothing documents several getResponse tasks in one POST. The first time the API
+        refuses such a POST as a whole, this client polls one task per POST from then on
+        (`single_task_polls`), and asks the refused batch again that way.
+        """
         uuids = list(dict.fromkeys(task_uuids))
-        states: dict[str, TaskState] = {}
-        size = self._settings.batch_size
-        for start in range(0, len(uuids), size):
-            states.update(await self._poll_batch(uuids[start : start + size]))
-        return states
+        size = 1 if self._single_polls else self._settings.poll_batch_size
+        return await self._poll_batches([uuids[i : i + size] for i in range(0, len(uuids), size)])
 
     async def download(self, url: str, target: Path) -> Download:
         """Stream `url` to `target` (a temporary name chosen by the caller), checking length.
@@ -289,13 +338,29 @@ class RunwareClient:
 
     async def _single(self, task: dict[str, Any]) -> dict[str, Any]:
         """POST one task and return its data item, or raise the error tied to it."""
-        items, refusals = await self._submitted([task])
-        uuid = task["taskUUID"]
-        if uuid in refusals:
-            raise refusals[uuid]
-        if uuid not in items:
+        items, refusals, _ = await self._submitted([task])
+        task_uuid = task["taskUUID"]
+        if task_uuid in refusals:
+            raise refusals[task_uuid]
+        if task_uuid not in items:
             raise _no_item(task)
-        return items[uuid]
+        return items[task_uuid]
+
+    async def _uploaded(self, task: dict[str, Any]) -> dict[str, Any]:
+        """The answer item of an upload task, sent again under a new UUID after a conflict.
+
+        An upload whose answer was lost and which was retried meets its own first attempt:
+        the API may answer conflictTaskUUID, and unlike a submission there is nothing to
+        poll. Uploading again under a fresh UUID costs a little bandwidth and no money.
+        """
+        try:
+            return await self._single(task)
+        except ConflictError as exc:
+            fresh = str(uuid.uuid4())
+            log.info(
+                "%s %s: %s; uploading again as %s", task["taskType"], task["taskUUID"], exc, fresh
+            )
+            return await self._single({**task, "taskUUID": fresh})
 
     async def _submit_in_chunks(
         self, tasks: Sequence[dict[str, Any]], size: int
@@ -312,66 +377,118 @@ class RunwareClient:
 
     async def _submit_batch(self, tasks: Sequence[dict[str, Any]]) -> dict[str, ApiError | None]:
         try:
-            items, refusals = await self._submitted(tasks)
+            items, refusals, status = await self._submitted(tasks)
         except (RejectedError, ConflictError) as exc:
             if len(tasks) == 1:
                 return {tasks[0]["taskUUID"]: exc}
+            if exc.code == REDIRECT_REFUSED:  # the endpoint's fault: alone, each meets it again
+                return {t["taskUUID"]: exc.for_task(t["taskUUID"]) for t in tasks}
             # Refused as a whole without naming a task: one bad task must not fail the others,
             # so each goes again on its own (a refused request created nothing to pay for).
             return await self._submit_in_chunks(tasks, 1)
         outcomes: dict[str, ApiError | None] = {}
+        unnamed: list[dict[str, Any]] = []
         for task in tasks:
-            uuid = task["taskUUID"]
-            if uuid in refusals:
-                outcomes[uuid] = refusals[uuid]
-            elif uuid in items:
-                outcomes[uuid] = None
+            task_uuid = task["taskUUID"]
+            if task_uuid in refusals:
+                outcomes[task_uuid] = refusals[task_uuid]
+            elif task_uuid in items:
+                outcomes[task_uuid] = None
+            elif not _is_success(status):
+                unnamed.append(task)
             else:  # it may or may not have landed: the caller asks getResponse later
-                outcomes[uuid] = _no_item(task)
-        return outcomes
+                outcomes[task_uuid] = _no_item(task)
+        if unnamed:
+            # A refusal (4xx) naming only some tasks: the API may have stopped at the first
+            # bad one, or handled the rest and said nothing of them. Sent again under the same
+            # UUIDs, each gets an answer of its own; one that had landed draws
+            # conflictTaskUUID, which the caller reads as accepted, so nothing is paid twice.
+            # Each round names at least one task more, so this ends.
+            outcomes.update(await self._submit_in_chunks(unnamed, self._settings.batch_size))
+        return {t["taskUUID"]: outcomes[t["taskUUID"]] for t in tasks}
 
     async def _submitted(
         self, tasks: Sequence[dict[str, Any]]
-    ) -> tuple[dict[str, dict[str, Any]], dict[str, ApiError]]:
-        """The answer's items and the refusals, each by task UUID (the first one of each)."""
-        data, errors = await self._post(list(tasks))
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, ApiError], int]:
+        """The answer's items and refusals, each by task UUID (the first one of each), and
+        the answer's HTTP status."""
+        answer = await self._post(list(tasks))
         refusals: dict[str, ApiError] = {}
-        for error in errors:
+        for error in answer.errors:
             if error.task_uuid is None:
                 raise error  # an error for the request as a whole
             refusals.setdefault(error.task_uuid, error)
         items: dict[str, dict[str, Any]] = {}
-        for item in data:
+        for item in answer.data:
             items.setdefault(str(item.get("taskUUID")), item)
-        return items, refusals
+        return items, refusals, answer.status
+
+    async def _poll_batches(self, batches: Sequence[Sequence[str]]) -> dict[str, TaskState]:
+        """Every batch polled, a few POSTs at a time; the first failure cancels the rest."""
+        if len(batches) == 1:
+            return await self._poll_batch(batches[0])
+        slots = asyncio.Semaphore(POLL_PARALLEL)
+
+        async def one(batch: Sequence[str]) -> dict[str, TaskState]:
+            async with slots:
+                return await self._poll_batch(batch)
+
+        runs = [asyncio.ensure_future(one(batch)) for batch in batches]
+        try:
+            answers = await asyncio.gather(*runs)
+        except BaseException:
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+            raise
+        return {uuid: state for answer in answers for uuid, state in answer.items()}
 
     async def _poll_batch(self, uuids: Sequence[str]) -> dict[str, TaskState]:
         tasks = [{"taskType": "getResponse", "taskUUID": uuid} for uuid in uuids]
-        data, errors = await self._post(tasks)
         states = {uuid: TaskState(uuid) for uuid in uuids}
+        try:
+            answer = await self._post(tasks)
+            for error in answer.errors:
+                if error.task_uuid not in states:
+                    raise error  # an error for the request as a whole
+        except (RejectedError, ConflictError) as exc:
+            if len(uuids) == 1 or not _refuses_request(exc):
+                raise
+            self._poll_singly_from_now_on(len(uuids), exc)
+            return await self._poll_batches([[uuid] for uuid in uuids])
         seen_videos: set[str] = set()
-        for item in data:
+        for item in answer.data:
             state = states.get(str(item.get("taskUUID")))
             if state is not None:
+                state.answered = True
                 _add_item(state, item, seen_videos)
-        for error in errors:
-            if error.task_uuid in states:
-                states[error.task_uuid].errors.append(error)
-            else:
-                raise error  # an error for the request as a whole
+        for error in answer.errors:
+            state = states[str(error.task_uuid)]
+            state.answered = True
+            state.errors.append(error)
         return states
 
-    async def _post(
-        self, tasks: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], list[ApiError]]:
+    def _poll_singly_from_now_on(self, batch: int, refusal: ApiError) -> None:
+        # Concurrent polls may each meet a refusal: the flag makes it one warning per client.
+        if self._single_polls:
+            return
+        self._single_polls = True
+        log.warning(
+            "Runware refused %d getResponse tasks in one request (%s); "
+            "polling one task per request from now on",
+            batch,
+            refusal,
+        )
+
+    async def _post(self, tasks: list[dict[str, Any]]) -> _Answer:
         async for attempt in self._retrying():
             with attempt:
                 return await self._post_once(tasks)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def _post_once(
-        self, tasks: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], list[ApiError]]:
+    async def _post_once(self, tasks: list[dict[str, Any]]) -> _Answer:
+        # Outside the deadline: a rate limiter's pause (a Retry-After) is no slow answer. The
+        # hops of a redirect belong to this one exchange and take no turn of their own.
         if self._gate is not None:
             await self._gate.acquire()
         headers = {
@@ -383,9 +500,7 @@ class RunwareClient:
             # Streamed, capped and under one deadline: a hostile or broken server answering
             # with 10 GB, or a byte a minute, must cost neither memory nor an endless wait.
             async with asyncio.timeout(self._settings.request_timeout):
-                async with self._http.stream(
-                    "POST", self._settings.api_url, json=tasks, headers=headers
-                ) as response:
+                async with self._posted(tasks, headers) as response:
                     content = await _read_capped(response, MAX_RESPONSE_BYTES)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise TransientError(
@@ -395,31 +510,62 @@ class RunwareClient:
             raise TransientError(
                 f"connection to Runware failed ({kinds}): {type(exc).__name__}", code="connection"
             ) from exc
+        status = response.status_code
         retry_after = apierrors.parse_retry_after(response.headers.get("retry-after"))
-        if response.status_code == 429 and self._gate is not None:
+        if status == 429 and self._gate is not None:
             self._gate.throttled(retry_after)
-        if content is None and response.status_code == 200:
+        if content is None and _is_success(status):
             raise TransientError(
                 f"Runware's answer ({kinds}) is larger than {MAX_RESPONSE_BYTES:,} bytes; "
                 "it was not read",
                 code="unrecognizedResponse",
             )
         body = None if content is None else _json_body(content)
-        data, errors = _envelope(body, response.status_code, retry_after)
-        log.debug("POST %s -> %s (%d tasks)", kinds, response.status_code, len(tasks))
-        status = response.status_code
-        if status == 200:
-            return data, errors
+        data, errors = _envelope(body, status, retry_after)
+        log.debug("POST %s -> %s (%d tasks)", kinds, status, len(tasks))
+        if _is_success(status):
+            return _Answer(data, errors, status)
         ours = {t["taskUUID"] for t in tasks}
         if status in TASK_LEVEL_STATUSES and errors and all(e.task_uuid in ours for e in errors):
-            return (
-                data,
-                errors,
-            )  # per-task rejections (a conflict, an unknown UUID): the caller decides
+            # per-task rejections (a conflict, an unknown UUID): the caller decides
+            return _Answer(data, errors, status)
         if errors:
             raise errors[0]
         detail = "the answer was not JSON" if body is None else "the answer held no error detail"
         raise apierrors.from_status(status, detail, retry_after)
+
+    @contextlib.asynccontextmanager
+    async def _posted(
+        self, tasks: list[dict[str, Any]], headers: dict[str, str]
+    ) -> AsyncIterator[httpx.Response]:
+        """The streamed answer to POSTing `tasks`, after the redirects this client follows.
+
+        A 307/308 keeps method and body, so the POST may go on, but only to https or to a
+        loopback address: the key travels with it (the endpoint that redirects already had
+        it; a move of the API to another host must not look like a wrong key), so never in
+        clear over a network. 301/302/303 would make a client send a GET, which the API
+        never answers usefully: refused, saying where the endpoint points now.
+        """
+        url = httpx.URL(self._settings.api_url)
+        for _ in range(MAX_API_REDIRECTS + 1):
+            request = self._http.build_request("POST", url, json=tasks, headers=headers)
+            response = await self._http.send(request, stream=True, follow_redirects=False)
+            try:
+                target = _api_redirect(response)
+                if target is None:
+                    yield response
+                    return
+                log.debug(
+                    "POST redirected with HTTP %s to %s", response.status_code, _place(target)
+                )
+                url = target
+            finally:
+                await response.aclose()
+        raise RejectedError(
+            f"Runware's endpoint redirected more than {MAX_API_REDIRECTS} times "
+            f"(last to {_place(url)}); set RUNWARE_API_URL to where it leads",
+            code=REDIRECT_REFUSED,
+        )
 
     async def _download_once(self, url: str, target: Path) -> Download:
         limit = self._settings.max_download_bytes
@@ -518,6 +664,15 @@ class RunwareClient:
             ) from None
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """One API answer: its items, its errors, and the HTTP status it came with."""
+
+    data: list[dict[str, Any]]
+    errors: list[ApiError]
+    status: int
+
+
 class WaitRetryAfter(wait_base):
     """Exponential backoff with full jitter, but never shorter than the server's Retry-After."""
 
@@ -533,6 +688,71 @@ class WaitRetryAfter(wait_base):
         if isinstance(error, ApiError) and error.retry_after is not None:
             delay = max(delay, min(error.retry_after, self.maximum))
         return delay
+
+
+def _is_success(status: int) -> bool:
+    # 201 Created, 202 Accepted and the rest: an acknowledgement read as an error would mark
+    # an accepted, billed task as failed, and its job would pay again.
+    return 200 <= status < 300
+
+
+def _refuses_request(error: ApiError) -> bool:
+    """Whether an error that names none of our tasks refuses the request as it was built
+    (a 4xx, or an error inside an answer), rather than the endpoint (a redirect)."""
+    if error.code == REDIRECT_REFUSED:
+        return False
+    return error.status is None or 400 <= error.status < 500
+
+
+def _api_redirect(response: httpx.Response) -> httpx.URL | None:
+    """Where a redirect of an API POST leads, if it is one to follow; None if no redirect.
+
+    Raises RejectedError for a redirect that must not be followed. Messages name the target
+    by scheme, host and path only: its query could carry someone's credentials.
+    """
+    status = response.status_code
+    location = response.headers.get("location")
+    if status not in BODY_KEEPING_REDIRECTS | METHOD_CHANGING_REDIRECTS or not location:
+        return None
+    try:
+        target = response.request.url.join(location)
+    except httpx.InvalidURL:
+        raise RejectedError(
+            f"Runware's endpoint redirected (HTTP {status}) to an invalid address",
+            status=status,
+            code=REDIRECT_REFUSED,
+        ) from None
+    if status in METHOD_CHANGING_REDIRECTS:
+        raise RejectedError(
+            f"Runware's endpoint answered HTTP {status}, a redirect to {_place(target)} that "
+            "would turn the POST into a GET; set RUNWARE_API_URL to that address",
+            status=status,
+            code=REDIRECT_REFUSED,
+        )
+    if target.scheme == "https" or (target.scheme == "http" and _is_loopback(target.host)):
+        return target
+    raise RejectedError(
+        f"Runware's endpoint redirected (HTTP {status}) to {_place(target)}, which is neither "
+        "https nor a loopback address; not followed, since the API key would go along",
+        status=status,
+        code=REDIRECT_REFUSED,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _place(url: httpx.URL) -> str:
+    """`scheme://host:port/path` of a URL: no user info, query or fragment."""
+    port = f":{url.port}" if url.port is not None else ""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return _clip(f"{url.scheme}://{host}{port}{url.path}", 120)
 
 
 def _no_item(task: dict[str, Any]) -> TransientError:
@@ -630,14 +850,15 @@ def _envelope(
     body: Any, status: int, retry_after: float | None
 ) -> tuple[list[dict[str, Any]], list[ApiError]]:
     """`data` items and `errors` of an answer, accepting the shapes SDK1.8 accepts."""
+    success = _is_success(status)
     if body is None:
-        if status == 200:
+        if success:  # an empty 204 too: for a submission, it may have landed
             raise TransientError(
                 "Runware answered with something that is not JSON", code="unrecognizedResponse"
             )
         return [], []
     if isinstance(body, list):
-        body = {"errors": body} if status != 200 else {"data": body}
+        body = {"data": body} if success else {"errors": body}
     if not isinstance(body, dict):
         raise TransientError(
             "Runware's answer has an unexpected shape", code="unrecognizedResponse"
@@ -651,9 +872,7 @@ def _envelope(
             "Runware's answer has an unexpected shape", code="unrecognizedResponse"
         )
     errors = [
-        apierrors.from_error_object(
-            e, status=None if status == 200 else status, retry_after=retry_after
-        )
+        apierrors.from_error_object(e, status=None if success else status, retry_after=retry_after)
         for e in raw_errors
         if isinstance(e, dict)
     ]
@@ -661,12 +880,19 @@ def _envelope(
 
 
 def _add_item(state: TaskState, item: dict[str, Any], seen_videos: set[str]) -> None:
-    """Fold one getResponse item into the task's state (answers are cumulative)."""
-    status = str(item.get("status", "")).lower()
-    if status == "error" or isinstance(item.get("error"), dict):
+    """Fold one getResponse item into the task's state (answers are cumulative).
+
+    The docs name the statuses `success`/`error`; other APIs say `completed`/`failed`. An
+    item carrying a video URL is a result whatever its status says: the video exists and
+    was paid for, and reading it as still running or failed would lose it or pay again.
+    """
+    raw_status = item.get("status")
+    status = raw_status.lower() if isinstance(raw_status, str) else ""
+    has_url = item.get("videoURL") not in (None, "")
+    if not has_url and (status in FAILURE_STATUSES or isinstance(item.get("error"), dict)):
         state.errors.append(apierrors.from_error_object(item))
         return
-    if status == "success" or (not status and item.get("videoURL")):
+    if has_url or status in SUCCESS_STATUSES:
         try:
             result = VideoResult.model_validate(item)
         except ValidationError as exc:

@@ -914,6 +914,7 @@ class StateStore:
                           f.mtime_ns
                    FROM jobs j, json_each(j.outputs) o
                    LEFT JOIN files f ON f.path = json_extract(o.value, '$.path')
+                   WHERE json_extract(o.value, '$.path') IS NOT NULL
                    ORDER BY j.rowid, o.key"""
             )
             return [RecordedOutput(*row) for row in rows]
@@ -985,6 +986,8 @@ class StateStore:
             for job_id, text in rows:
                 outputs = json.loads(text)
                 for output in outputs:
+                    if "path" not in output:  # delivered to an uploadEndpoint: no file here
+                        continue
                     output["path"] = relative(out, str(output["path"]))
                     files.append(
                         OwnedFile(output["path"], job_id, output.get("bytes"), output.get("sha256"))

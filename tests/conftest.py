@@ -137,10 +137,12 @@ def demo_copy(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test runs in its own folder, without the caller's Runware settings."""
+    """Every test runs in its own folder, without the caller's Runware settings or cache."""
     monkeypatch.chdir(tmp_path)
     for name in ("RUNWARE_API_KEY", "RUNWARE_API_URL"):
         monkeypatch.delenv(name, raising=False)
+    # `avatarbatch check` saves what it learnt there, and `run` reads it: never the user's.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".cache"))
 
 
 # --- the sandbox as the API's test double ---------------------------------------------------------

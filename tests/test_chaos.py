@@ -18,3 +18,15 @@ def test_small_chaos_run_loses_nothing_and_pays_once(tmp_path: Path) -> None:
     assert result.ok, result.line()
     assert result.interruptions >= 2 and result.faults > 0
     assert not result.lost and not result.double_billed and not result.bad_files
+
+
+def test_small_chaos_run_under_the_strict_profile(tmp_path: Path) -> None:
+    # The narrowest reading of the docs: one poll per POST, 202 acknowledgements, a 2 s
+    # registration lag, `completed` results. Smaller than the run above: the lag costs time.
+    # Lower request-fault rates than above: one poll per POST makes many more POSTs to hit.
+    faults = "http500=0.05,http429=0.05,reset=0.05,task_error=0.1,truncate=0.1,cut=0.1"
+    result = chaos(
+        jobs=16, kills=1, seed=5, faults=faults, concurrency=8, workdir=tmp_path, profile="strict"
+    )
+    assert result.ok, result.line()
+    assert result.interruptions >= 1 and result.faults > 0

@@ -178,13 +178,13 @@ class _Api:
         return await self._process(request, tasks)
 
     async def _process(self, request: Request, tasks: Items) -> JSONResponse:
-        if self.config.batch_refusal == "whole":
-            refusal = self._first_invalid_submission(tasks)
-            if refusal is not None:
-                return _errors([_error_item(refusal, {})], refusal.status)
+        refusal = self._whole_refusal(tasks)
+        if refusal is not None:
+            return _errors([_error_item(refusal, {})], refusal.status)
         data: Items = []
         errors: Items = []
         rejected: list[TaskError] = []
+        accepted = False
         for task in tasks:
             task_data, task_errors, refusal = await self._one(request, task)
             data.extend(task_data)
@@ -192,7 +192,9 @@ class _Api:
             if refusal is not None:
                 rejected.append(refusal)
                 errors.append(_error_item(refusal, task))
-        status = 200
+            elif task.get("taskType") == "videoInference" and task_data:
+                accepted = True
+        status = self.config.ack_status if accepted else 200
         if rejected and not data and len(rejected) == len(errors):
             status = rejected[0].status  # nothing succeeded: the request as a whole failed
         body: dict[str, Items] = {}
@@ -203,6 +205,18 @@ class _Api:
         if not body:
             body["data"] = []
         return LenientJSONResponse(body, status_code=status)
+
+    def _whole_refusal(self, tasks: Items) -> TaskError | None:
+        """Why the whole POST is refused before any task in it is handled, if it is."""
+        polls = sum(1 for t in tasks if t.get("taskType") == "getResponse")
+        if polls > 1 and not self.config.batched_polls:
+            # The docs never show two getResponse tasks in one call (§3.2); a strict API may
+            # refuse them, and then for the request, naming none of the tasks.
+            message = "Send one getResponse task per request; polls cannot be batched."
+            return TaskError("unsupportedBatch", message)
+        if self.config.batch_refusal == "whole":
+            return self._first_invalid_submission(tasks)
+        return None
 
     async def _one(
         self, request: Request, task: dict[str, Any]
@@ -216,16 +230,7 @@ class _Api:
             return [], [], refusal
         uuid = str(task["taskUUID"])
         if task_type == "getResponse":
-            if uuid not in self.engine.tasks:
-                return (
-                    [],
-                    [],
-                    TaskError(
-                        "taskFailedOrNotFound", f"No task with UUID {uuid} was found.", "taskUUID"
-                    ),
-                )
-            data, failed = self.engine.poll(uuid)
-            return data, failed, None
+            return self._poll(uuid)
         if task_type == "videoInference":
             return self._submit(request, task)
         if task_type in ("imageUpload", "mediaStorage"):
@@ -235,6 +240,22 @@ class _Api:
             [],
             TaskError("invalidTaskType", f"Task type {task_type!r} is not supported.", "taskType"),
         )
+
+    def _poll(self, uuid: str) -> tuple[Items, Items, TaskError | None]:
+        engine = self.engine
+        registering = engine.registering(uuid)
+        if registering and engine.lag_answers_empty(uuid):
+            return [], [], None  # not known yet, said by answering nothing for it
+        if uuid not in engine.tasks or registering:
+            return (
+                [],
+                [],
+                TaskError(
+                    "taskFailedOrNotFound", f"No task with UUID {uuid} was found.", "taskUUID"
+                ),
+            )
+        data, failed = engine.poll(uuid)
+        return data, failed, None
 
     def _submit(
         self, request: Request, task: dict[str, Any]
@@ -284,7 +305,7 @@ class _Api:
     ) -> tuple[Items, Items, TaskError | None]:
         is_image = task.get("taskType") == "imageUpload"
         field_name = "image" if is_image else "media"
-        refusal = validation.check_upload(task, field_name)
+        refusal = validation.check_upload(task, field_name) or self._upload_conflict(task)
         if refusal is not None:
             return [], [], refusal
         value = task[field_name]
@@ -296,6 +317,7 @@ class _Api:
         except InputError as exc:
             return [], [], TaskError(exc.code, str(exc), field_name)
         item = self.engine.media.put(data, mime)
+        self.engine.upload_uuids.add(task["taskUUID"])
         url = f"{_base_url(request)}{MEDIA_ROUTE}{item.filename}"
         answer: dict[str, Any] = {"taskType": task["taskType"], "taskUUID": task["taskUUID"]}
         if is_image:
@@ -303,6 +325,15 @@ class _Api:
         else:
             answer.update(operation="upload", mediaUUID=item.uuid, mediaURL=url)
         return [answer], [], None
+
+    def _upload_conflict(self, task: dict[str, Any]) -> TaskError | None:
+        """A reused taskUUID, when uploads must be unique like every other task (strict)."""
+        uuid = task["taskUUID"]
+        if not self.config.upload_conflicts:
+            return None
+        if uuid not in self.engine.upload_uuids and uuid not in self.engine.tasks:
+            return None
+        return TaskError("conflictTaskUUID", f"A task with UUID {uuid} already exists.", "taskUUID")
 
     async def media(self, request: Request) -> Response:
         item = self.engine.media.get(request.path_params["name"].split(".", 1)[0])
@@ -389,11 +420,9 @@ def _error_item(error: TaskError, task: dict[str, Any]) -> dict[str, Any]:
         if task.get(key) is not None:
             item[key] = task[key]
     if error.code == "conflictTaskUUID":
-        item["context"] = {
-            "taskType": task.get("taskType"),
-            "taskUUID": task.get("taskUUID"),
-            "deliveryMethod": task.get("deliveryMethod", "async"),
-        }
+        item["context"] = {"taskType": task.get("taskType"), "taskUUID": task.get("taskUUID")}
+        if task.get("taskType") == "videoInference":  # uploads are answered at once: no mode
+            item["context"]["deliveryMethod"] = task.get("deliveryMethod", "async")
     item["documentation"] = "https://runware.ai/docs/en/getting-started/errors"
     return item
 

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from avatarbatch.sandbox.faults import FaultSpec
+
+PROFILES = ("default", "strict")
+#: What `profile="strict"` sets, for each knob not given explicitly: the most conservative
+#: reading of the places Runware's docs leave open (RUNWARE_PROTOCOL.md §3, §5, §7, §12).
+STRICT_KNOBS: dict[str, Any] = {
+    "batched_polls": False,
+    "ack_status": 202,
+    "registration_lag": 2.0,
+    "success_status": "completed",
+    "url_with_upload_endpoint": False,
+    "upload_conflicts": True,
+}
 
 
 class SandboxConfig(BaseModel):
@@ -37,3 +49,32 @@ class SandboxConfig(BaseModel):
     #: Runware documents), or the whole request with one error naming no task, even when it
     #: held one task (what an API may do too: the protocol leaves it unconfirmed)
     batch_refusal: Literal["per_task", "whole"] = "per_task"
+
+    #: "strict" turns every knob below to its value in STRICT_KNOBS unless it is given
+    profile: Literal["default", "strict"] = "default"
+    #: several getResponse tasks in one POST are answered; False refuses such a POST as a
+    #: whole (400, one error naming no task), as an API that polls one task per call would
+    batched_polls: bool = True
+    #: HTTP status of a POST that accepted a videoInference task (an acknowledgement)
+    ack_status: int = Field(200, ge=200, le=299)
+    #: seconds after acceptance during which getResponse cannot see the task yet (answered
+    #: as not found or as empty data, per task from the seed); resubmitting still conflicts
+    registration_lag: float = Field(0.0, ge=0)
+    #: `status` of finished result items in getResponse answers and webhooks
+    success_status: str = Field("success", min_length=1)
+    #: success items keep `videoURL` when the task has an uploadEndpoint; False leaves it out
+    url_with_upload_endpoint: bool = True
+    #: a reused taskUUID on imageUpload/mediaStorage answers 400 conflictTaskUUID instead of
+    #: uploading again
+    upload_conflicts: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_profile(cls, data: Any) -> Any:
+        """Fill the knobs the strict profile implies; explicit values win, so tests can mix.
+
+        Runs on construction only: `model_copy(update={"profile": "strict"})` sets no knobs.
+        """
+        if isinstance(data, dict) and data.get("profile") == "strict":
+            return {**STRICT_KNOBS, **data}
+        return data

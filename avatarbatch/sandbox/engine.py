@@ -28,7 +28,7 @@ from avatarbatch import catalog
 from avatarbatch.media import ProbeError, probe_audio, probe_image
 from avatarbatch.sandbox import store
 from avatarbatch.sandbox.config import SandboxConfig
-from avatarbatch.sandbox.faults import FaultInjector
+from avatarbatch.sandbox.faults import FaultInjector, unit_interval
 from avatarbatch.sandbox.notify import Notifier
 from avatarbatch.sandbox.render import (
     EXTENSIONS,
@@ -99,6 +99,7 @@ class Engine:
         self.posts_with: Counter[str] = Counter()  #: POSTs holding at least one task of a type
         self.post_times: list[float] = []
         self.conflicts = 0
+        self.upload_uuids: set[str] = set()  #: taskUUIDs of answered imageUpload/mediaStorage
         self.in_flight = 0
         self.peak_in_flight = 0
         self._queue: asyncio.Queue[Task] | None = None
@@ -145,6 +146,25 @@ class Engine:
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         self._queue.put_nowait(task)
         return task
+
+    def registering(self, task_uuid: str) -> bool:
+        """Whether an accepted task is still inside its registration lag (unseen by polls).
+
+        Measured from acceptance on the monotonic clock the task was stamped with, so nothing
+        has to sleep: the lag simply ends when enough time has passed.
+        """
+        task = self.tasks.get(task_uuid)
+        if task is None:
+            return False
+        return time.monotonic() - task.accepted_at < self.config.registration_lag
+
+    def lag_answers_empty(self, task_uuid: str) -> bool:
+        """How a still-registering task looks to a poll: empty data (True) or not found.
+
+        Fixed per task by the seed, so a run replays the same answers while a batch of tasks
+        meets both shapes.
+        """
+        return unit_interval(self.config.seed, "registration_lag", task_uuid) < 0.5
 
     async def _work(self) -> None:
         assert self._queue is not None
@@ -294,11 +314,14 @@ class Engine:
         item: dict[str, Any] = {
             "taskType": "videoInference",
             "taskUUID": task.uuid,
-            "status": "success",
+            "status": self.config.success_status,
             "videoUUID": result.video_uuid,
             "videoURL": f"{task.base_url}{VIDEO_ROUTE}{result.video_uuid}.{EXTENSIONS[fmt]}",
             "seed": result.seed,
         }
+        if task.request.get("uploadEndpoint") and not self.config.url_with_upload_endpoint:
+            # The video goes to the caller's bucket; an API may then give no URL of its own.
+            del item["videoURL"]
         safety = task.request.get("safety") or {}
         if safety.get("checkContent") or safety.get("mode") in ("fast", "full"):
             item["NSFWContent"] = False

@@ -7,18 +7,25 @@ from typing import Any
 from pydantic import ValidationError
 
 from avatarbatch.errors import UsageError
-from avatarbatch.sandbox.config import SandboxConfig
+from avatarbatch.sandbox.config import PROFILES, STRICT_KNOBS, SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec, FaultSpecError
 
 
-def build(*, faults: str | None = None, **values: Any) -> SandboxConfig:
-    """A validated config; bad values raise UsageError naming the option."""
+def build(*, faults: str | None = None, profile: str = "default", **values: Any) -> SandboxConfig:
+    """A validated config; bad values raise UsageError naming the option.
+
+    A profile knob passed as None counts as not given, so the profile decides it: a CLI can
+    default those options to None and pass them all through.
+    """
+    if profile not in PROFILES:
+        raise UsageError(f"--profile: {profile!r} is not one of {', '.join(PROFILES)}")
     try:
         spec = FaultSpec.parse(faults)
     except FaultSpecError as exc:
         raise UsageError(f"--faults: {exc}") from None
+    given = {k: v for k, v in values.items() if not (k in STRICT_KNOBS and v is None)}
     try:
-        return SandboxConfig(faults=spec, **values)
+        return SandboxConfig(faults=spec, profile=profile, **given)
     except ValidationError as exc:
         error = exc.errors()[0]
         option = "--" + str(error["loc"][0]).replace("_", "-")
