@@ -5,8 +5,13 @@ so most tasks cost one or two checks. The expectation is learnt from finished ta
 competing models, render time proportional to the audio length and render time constant per
 task; whichever has predicted better so far is used (a provider whose queue dominates looks
 constant, one whose rendering dominates looks proportional). Tasks due within a short window
-share one POST, however many there are. So polling costs a fraction of one request per job
-instead of one request per job per second.
+share one POST, however many there are (the client splits them into one task per POST if the
+API refuses batches: the docs do not say it takes them). So polling costs a fraction of one
+request per job instead of one request per job per second.
+
+A task the API accepted and then answers as unknown is not given up at once: the docs say
+nothing of a registration lag or of results aging out, so it is asked about again for
+`not_found_grace` seconds before the runner hears of it (see Runner._await_render).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ one POST each cuts the request count (what the API's rate limit and its overload
 about) and the round trips that hold every slot idle. Nagle's algorithm, not a timer: a
 submission goes out at once when no submit POST is in flight, and the ones that arrive while
 one is join the next. So a lone submission waits for nothing, and a wave costs two POSTs or so.
+Several tasks in one POST is what the protocol describes but not what every client does: the
+client resends a POST refused as a whole task by task (RunwareClient.submit_many).
 """
 
 from __future__ import annotations
