@@ -85,11 +85,15 @@ def error_class(code: str | None, status: int | None = None) -> type[ApiError]:
         return CreditError
     if status in (408, 429) or (status is not None and status >= 500):
         return TransientError
+    if status == 409:  # HTTP's own word for "that exists already": a duplicate, never billed
+        return ConflictError
     return _class_for_code(code or "")
 
 
 def _class_for_code(code: str) -> type[ApiError]:
-    if code in CONFLICT_CODES:
+    # The documented code, and any other spelling of it: mistaking a duplicate for a refusal
+    # would fail a job whose task exists (and may be billed).
+    if code in CONFLICT_CODES or "conflict" in code.lower() or "duplicate" in code.lower():
         return ConflictError
     if code in CREDIT_CODES or any(word in code for word in ("Credits", "Quota", "Balance")):
         return CreditError

@@ -23,6 +23,7 @@ import datetime
 import json
 import logging
 import os
+import tempfile
 import statistics
 import time
 import uuid as _uuid
@@ -403,8 +404,12 @@ def default_folder(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     cache = env.get("XDG_CACHE_HOME", "")
     # The XDG spec says a relative path there is invalid and to be ignored.
-    base = Path(cache) if cache and Path(cache).is_absolute() else Path.home() / ".cache"
-    return base / "avatarbatch"
+    if cache and Path(cache).is_absolute():
+        return Path(cache) / "avatarbatch"
+    try:
+        return Path.home() / ".cache" / "avatarbatch"
+    except RuntimeError:  # no HOME and no passwd entry (a bare container): no cache then
+        return Path(tempfile.gettempdir()) / f"avatarbatch-cache-{os.getuid()}"
 
 
 def save(result: CheckResult, folder: Path) -> Path:

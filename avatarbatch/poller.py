@@ -188,6 +188,10 @@ class Poller:
                         exc.for_task(uuid) if isinstance(exc, ApiError) else exc
                     )
             return
+        self._settle(due, states, now)
+
+    def _settle(self, due: list[str], states: dict[str, TaskState], now: float) -> None:
+        """Resolve the watches whose task is finished (or given up on), reschedule the rest."""
         missed = []
         for uuid in due:  # the finished first, so the misses are rescheduled by what they taught
             watch = self._watches.get(uuid)
@@ -196,9 +200,12 @@ class Poller:
             state = states.get(uuid)
             if state is not None and self._in_doubt(watch, state, now):
                 missed.append(watch)
-            elif state is not None and state.finished(watch.expected):
+            # Unknown past the grace period ends the wait too: an unanswered task, or one
+            # not-found error for several results, would never count as "finished".
+            elif state is not None and (state.unknown or state.finished(watch.expected)):
                 del self._watches[uuid]
-                self._learn(watch, now)
+                if not state.unknown:  # a task given up on teaches nothing about render time
+                    self._learn(watch, now)
                 if not watch.future.done():
                     watch.future.set_result(state)
             else:

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -374,19 +375,35 @@ class Runner:
             )
             raise Stopped("submit uncertain") from exc
         except ApiError as exc:
-            refused = TaskEntry(task_uuid, TaskStatus.REFUSED, billed_cost=0.0)
-            if isinstance(exc, AuthError | CreditError):
-                self.budget.release(job.id)
-                self.state.settle_task(job.id, refused)
-                raise
             self.budget.release(job.id)
+            # A task the API accepted once (resent because it no longer knew it) may have been
+            # billed: its ledger row stays open, to be settled as a stray, and the job is never
+            # failed for it, which would make --retry-failed pay again.
+            accepted_once = record.status is JobStatus.PROCESSING
+            refused = [TaskEntry(task_uuid, TaskStatus.REFUSED, billed_cost=0.0)]
+            if accepted_once:
+                refused = []
+            if isinstance(exc, AuthError | CreditError):
+                for entry in refused:
+                    self.state.settle_task(job.id, entry)
+                raise
             if apierrors.is_stale_input(exc) and not refreshed:
                 # Runware forgets uploads unused for 30 days: upload again, once, and resubmit.
                 log.warning("job %s: %s; uploading the inputs again", job.id, exc)
-                self.state.settle_task(job.id, refused)
+                for entry in refused:
+                    self.state.settle_task(job.id, entry)
                 record = await self._upload_inputs(job, refresh=True)
                 return await self._submit(job, record, new_attempt=True, refreshed=True)
-            self._fail(job, exc, refused)
+            if accepted_once:
+                log.warning(
+                    "job %s: task %s, which the API accepted once, was refused when sent again "
+                    "(%s); left as it is for the next run, never paid again",
+                    job.id,
+                    task_uuid,
+                    exc,
+                )
+                raise Stopped("resend refused") from exc
+            self._fail(job, exc, *refused)
             raise Stopped("rejected") from exc
         self.outcome.submitted += 1
         await self.hooks.checkpoint("submit:sent", job.id)
@@ -475,12 +492,21 @@ class Runner:
         files: list[OwnedFile] = []
         outputs: list[dict[str, object]] = []
         for name, result in zip(job.outputs, record.results, strict=False):
-            if result["video_url"] is None:
+            if result["video_url"] is None and job.upload_endpoint:
                 # No URL: the API delivered the video to the task's uploadEndpoint, which is
                 # where it lives now. Recorded without the query: a presigned URL's signature
                 # is a credential.
-                outputs.append({"delivered": _without_query(job.upload_endpoint or "")})
+                outputs.append({"delivered": _without_query(job.upload_endpoint)})
                 continue
+            if result["video_url"] is None:
+                # Paid for, yet nowhere to fetch it from: never "done" without a video, and
+                # never failed (--retry-failed would pay again). The next run asks again.
+                log.warning(
+                    "job %s: a result without a videoURL, and no uploadEndpoint was set; "
+                    "left for the next run",
+                    job.id,
+                )
+                raise Stopped("result without a URL")
             relative = f"{VIDEOS}/{name}"
             final = self.out / relative
             await self.hooks.checkpoint("download:before", job.id)
@@ -636,7 +662,11 @@ def billed_cost(results: list[VideoResult], per_result: Decimal) -> tuple[Decima
 
 
 def _without_query(url: str) -> str:
-    return url.split("?", 1)[0].split("#", 1)[0]
+    """The URL without its query, fragment and user:password: the parts that are secrets."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _unknown_task(task_uuid: str, state: TaskState) -> ApiError:

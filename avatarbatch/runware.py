@@ -729,14 +729,25 @@ def _api_redirect(response: httpx.Response) -> httpx.URL | None:
             status=status,
             code=REDIRECT_REFUSED,
         )
-    if target.scheme == "https" or (target.scheme == "http" and _is_loopback(target.host)):
+    if _is_loopback(target.host) or (
+        target.scheme == "https" and _same_site(target.host, response.request.url.host)
+    ):
         return target
     raise RejectedError(
         f"Runware's endpoint redirected (HTTP {status}) to {_place(target)}, which is neither "
-        "https nor a loopback address; not followed, since the API key would go along",
+        "https on the endpoint's own domain nor a loopback address; not followed, since the "
+        "API key would go along",
         status=status,
         code=REDIRECT_REFUSED,
     )
+
+
+def _same_site(host: str, origin: str) -> bool:
+    """The same host, or one under the same domain (api.runware.ai -> eu.api.runware.ai):
+    the key goes along with a redirect, so never to someone else's server."""
+    domain = ".".join(origin.lower().rstrip(".").split(".")[-2:])
+    host = host.lower().rstrip(".")
+    return host == domain or host.endswith("." + domain)
 
 
 def _is_loopback(host: str) -> bool:

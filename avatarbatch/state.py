@@ -70,7 +70,10 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     _S.UPLOADING: frozenset({_S.PENDING, _S.UPLOADING, _S.SUBMITTING, _S.FAILED}),
     # back to UPLOADING: the API refused the submission for an input it no longer has
     _S.SUBMITTING: frozenset({_S.PENDING, _S.UPLOADING, _S.SUBMITTING, _S.PROCESSING, _S.FAILED}),
-    _S.PROCESSING: frozenset({_S.PENDING, _S.PROCESSING, _S.DOWNLOADING, _S.SUBMITTING, _S.FAILED}),
+    # back to UPLOADING: a task the API lost, whose inputs it has forgotten as well
+    _S.PROCESSING: frozenset(
+        {_S.PENDING, _S.UPLOADING, _S.PROCESSING, _S.DOWNLOADING, _S.SUBMITTING, _S.FAILED}
+    ),
     _S.DOWNLOADING: frozenset({_S.PENDING, _S.DOWNLOADING, _S.DONE, _S.FAILED}),
     # back to DOWNLOADING: the video on disk is missing or changed; its paid URL may still live
     _S.DONE: frozenset({_S.PENDING, _S.DOWNLOADING}),

@@ -200,7 +200,6 @@ async def front() -> AsyncIterator[Front]:
         "http://localhost/v1",
         "http://[::1]/v1",
         "http://127.8.9.10:8080/v1",
-        "https://api.moved.test/v1",  # another host, but https
     ],
 )
 async def test_a_body_keeping_redirect_to_https_or_loopback_is_followed(
@@ -212,6 +211,16 @@ async def test_a_body_keeping_redirect_to_https_or_loopback_is_followed(
     (first, second) = server.seen
     assert first[0] == second[0] == "POST" and second[2] == "/v1"
     assert first[3] and second[3]  # the key went along: the endpoint had it already
+
+
+@pytest.mark.parametrize("location", ["https://eu.api.old.test/v1", "https://old.test/v1"])
+async def test_a_redirect_to_https_on_the_endpoints_own_domain_is_followed(
+    front: Front, location: str
+) -> None:
+    client, server = await front({"/old": (307, location)}, url="https://api.old.test/old")
+    upload = await client.upload_image(PORTRAIT, "image/png", new_uuid())
+    assert server.engine.media.get(upload.uuid) is not None
+    assert [path for _, _, path, _ in server.seen] == ["/old", "/v1"]
 
 
 @pytest.mark.parametrize("status", [301, 302, 303])
@@ -234,6 +243,8 @@ async def test_a_redirect_that_would_turn_the_post_into_a_get_is_refused(
         ("http://10.0.0.7/v1", "http://10.0.0.7/v1"),
         ("ftp://api.moved.test/v1", "ftp://api.moved.test/v1"),
         ("file:///etc/passwd", "file:///etc/passwd"),
+        # https, but someone else's server: the key would go along
+        ("https://api.moved.test/v1", "https://api.moved.test/v1"),
     ],
 )
 async def test_a_redirect_elsewhere_is_refused_naming_the_target_not_the_key(
@@ -243,7 +254,7 @@ async def test_a_redirect_elsewhere_is_refused_naming_the_target_not_the_key(
     with pytest.raises(RejectedError) as caught:
         await client.upload_image(PORTRAIT, "image/png", new_uuid())
     text = str(caught.value) + repr(caught.value)
-    assert named in text and "neither https nor a loopback address" in text
+    assert named in text and "nor a loopback address" in text
     assert TEST_KEY not in text
     assert len(server.seen) == 1  # refused before anything was sent there
     assert server.engine.requests["http_posts"] == 0
@@ -273,7 +284,7 @@ async def test_a_refused_redirect_of_a_batch_costs_one_post_not_one_per_task(
     ("redirects", "words"),
     [
         ({"/old": (303, "https://api.moved.test/v1")}, "HTTP 303"),
-        ({"/old": (307, "http://api.moved.test/v1")}, "neither https nor a loopback"),
+        ({"/old": (307, "http://api.moved.test/v1")}, "nor a loopback address"),
         ({"/old": (307, "/older"), "/older": (307, "/old")}, "redirected more than"),
     ],
 )
@@ -741,3 +752,26 @@ async def test_a_submission_naming_a_forgotten_upload_is_a_stale_input(
     stranger = new_uuid()
     state = (await client.poll([stranger]))[stranger]
     assert state.not_found and not apierrors.is_stale_input(state.errors[0])
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (None, 409),
+        ("conflictTaskUUID", 400),
+        ("duplicateTaskUUID", 400),
+        ("taskUUIDConflict", None),
+    ],
+)
+def test_every_spelling_of_a_duplicate_is_a_conflict(code: str | None, status: int | None) -> None:
+    from avatarbatch.apierrors import error_class
+    from avatarbatch.errors import ConflictError
+
+    assert error_class(code, status) is ConflictError
+
+
+def test_a_delivered_video_is_named_without_its_secrets() -> None:
+    from avatarbatch.runner import _without_query
+
+    url = "https://user:pw@bucket.example:9000/out/a.mp4?X-Amz-Signature=abc#frag"
+    assert _without_query(url) == "https://bucket.example:9000/out/a.mp4"

@@ -124,12 +124,14 @@ def unknown_for(uuids: set[str]) -> Any:
     return lie
 
 
+@pytest.mark.parametrize("results", [1, 2])  # one not-found error for two results, too
 def test_not_found_for_an_accepted_task_is_a_doubt_and_only_a_second_one_fails_it(
-    media: Path, tmp_path: Path
+    media: Path, tmp_path: Path, results: int
 ) -> None:
     manifest = tmp_path / "m.yaml"
     manifest.write_text(
-        "version: 1\njobs:\n  - {id: a, portrait: media/face.png, audio: media/en.wav}\n"
+        "version: 1\njobs:\n  - {id: a, portrait: media/face.png, audio: media/en.wav, "
+        f"number_results: {results}}}\n"
     )
     lost: set[str] = set()
     with serving(STRICT.model_copy(update={"registration_lag": 0.0})) as server:
@@ -171,3 +173,28 @@ def test_a_task_unknown_for_a_while_is_waited_for_not_failed(media: Path, tmp_pa
         ledger = server.api.engine.ledger()
     assert (summary.exit_code, summary.done) == (0, 1), summary
     assert ledger["submissions"] == 1 and ledger["conflicts"] == 0
+
+
+def test_a_result_without_a_url_and_no_upload_endpoint_is_never_called_done(
+    media: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "version: 1\njobs:\n  - {id: a, portrait: media/face.png, audio: media/en.wav}\n"
+    )
+
+    def no_url(exchange: Exchange) -> Response | None:
+        answer = exchange.answer
+        for item in answer.get("data", []):
+            item.pop("videoURL", None)
+        return JSONResponse(answer, exchange.status)
+
+    with serving(STRICT.model_copy(update={"registration_lag": 0.0})) as server:
+        server.api.lie("getResponse", no_url)
+        summary = run(manifest, options(server, tmp_path))
+        ledger = server.api.engine.ledger()
+    assert (summary.exit_code, summary.done, summary.failed) == (1, 0, 0), summary
+    with StateStore.open(tmp_path / "out" / "state.sqlite") as store:
+        (job,) = store.jobs().values()
+    assert job.status is JobStatus.DOWNLOADING  # paid: left for the next run, never failed
+    assert ledger["submissions"] == 1
