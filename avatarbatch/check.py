@@ -23,8 +23,8 @@ import datetime
 import json
 import logging
 import os
-import tempfile
 import statistics
+import tempfile
 import time
 import uuid as _uuid
 from collections.abc import Mapping, Sequence
