@@ -108,6 +108,11 @@ def display_path(path: Path) -> str:
     return str(path) if relative.startswith("..") else relative
 
 
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """`count` with its noun agreeing: "1 job", "2 jobs", "0 jobs" (`many` for odd plurals)."""
+    return f"{count:,} {noun if count == 1 else many or noun + 's'}"
+
+
 def shorten(value: object, limit: int = 60) -> str:
     """A value quoted for a message, cut so a pasted base64 blob cannot flood the terminal."""
     text = repr(value)

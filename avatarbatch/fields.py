@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from pydantic_core import ErrorDetails
 
 from avatarbatch import catalog
+from avatarbatch.diagnostics import shorten
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 VAR_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -167,25 +168,30 @@ FIELD_TYPES_HELP = {
     "string_type": "should be text",
     "dict_type": "should be a mapping",
     "model_type": "should be a mapping",
-    "missing": "is required",
 }
 
 
 def describe_error(error: ErrorDetails) -> str:
-    """A pydantic error as a sentence for the person running the batch."""
+    """A pydantic error as one sentence for the person running the batch, with what was given.
+
+    The sentence is complete: callers add nothing, so no message says "(got ...)" twice.
+    """
     kind = error["type"]
     ctx: dict[str, Any] = dict(error.get("ctx") or {})
-    if kind in FIELD_TYPES_HELP:
-        return FIELD_TYPES_HELP[kind]
-    if kind == "value_error":
+    if kind == "missing":
+        return "is required"
+    if kind == "value_error":  # our validators' messages already quote the value
         return str(ctx.get("error", error["msg"]))
-    if kind in {"greater_than_equal", "less_than_equal"}:
-        bound = "at least" if kind == "greater_than_equal" else "at most"
-        limit = ctx.get("ge", ctx.get("le"))
-        return f"should be {bound} {limit}"
     if kind == "string_too_short":
         return "should not be empty"
     if kind == "string_too_long":
+        # The length, not the text: the text may be a pasted blob.
         return f"should be at most {ctx.get('max_length')} characters (got {len(error['input'])})"
-    message = str(error["msg"])
-    return message.replace("Input should be", "should be", 1)
+    if kind in FIELD_TYPES_HELP:
+        message = FIELD_TYPES_HELP[kind]
+    elif kind in {"greater_than_equal", "less_than_equal"}:
+        bound = "at least" if kind == "greater_than_equal" else "at most"
+        message = f"should be {bound} {ctx.get('ge', ctx.get('le'))}"
+    else:
+        message = str(error["msg"]).replace("Input should be", "should be", 1)
+    return f"{message} (got {shorten(error['input'])})"

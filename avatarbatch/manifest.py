@@ -37,11 +37,21 @@ from avatarbatch.rows import (
     RawRow,
     csv_columns,
     expand_matrix,
+    is_csv_column,
     list_item_lines,
     row_from_csv,
     row_from_mapping,
 )
-from avatarbatch.sources import YList, YMap, fail, parse_csv, parse_yaml, read_text
+from avatarbatch.sources import (
+    MAX_MANIFEST_BYTES,
+    YList,
+    YMap,
+    decode,
+    fail,
+    parse_csv,
+    parse_yaml,
+    read_text,
+)
 from avatarbatch.templates import TemplateError, output_name, render
 
 TOP_LEVEL_KEYS = ("version", "defaults", "output", "jobs", "rows", "matrix")
@@ -215,6 +225,7 @@ class _Document:
         if spec is None:
             return
         origin = self.origin(top, "rows")
+        path_origin, path_field = origin, "rows"
         var_columns: list[str] = list(_declared_vars(self.defaults))
         if isinstance(spec, YMap):
             unknown = [key for key in spec if key not in ("path", "vars")]
@@ -225,6 +236,8 @@ class _Document:
                 self.problems.error(origin, "rows.vars: should be a list of column names")
             else:
                 var_columns.extend(listed)
+            if "path" in spec:
+                path_origin, path_field = self.origin(spec, "path"), "rows.path"
             spec = spec.get("path")
         if not isinstance(spec, str) or not spec.strip():
             self.problems.error(
@@ -233,12 +246,18 @@ class _Document:
             return
         csv_path = paths.resolve(self.path.parent, spec.strip())
         try:
-            self.add_csv(csv_path, read_text(csv_path), var_columns)
+            data = paths.read_regular_file(csv_path, MAX_MANIFEST_BYTES)
+        except paths.UnreadableFile as exc:
+            # Said where the CSV is named: that line is what the user has to fix.
+            self.problems.error(path_origin, f"{spec.strip()} {exc}", field=path_field)
+            return
+        try:
+            self.add_csv(csv_path, decode(data, csv_path), var_columns)
         except ManifestError as exc:
             self.problems.items.extend(exc.problems)
 
     def add_csv(self, path: Path, text: str, var_columns: list[str] | tuple[str, ...]) -> None:
-        table = parse_csv(text, path)
+        table = parse_csv(text, path, lambda column: is_csv_column(column, var_columns))
         columns = csv_columns(table.header, table.header_line, path, var_columns, self.problems)
         self.rows.extend(row_from_csv(record, path, columns) for record in _consumed(table.rows))
 
@@ -286,19 +305,22 @@ class _Resolver:
 
     def resolve_all(self) -> list[Job]:
         jobs: list[Job] = []
-        first_seen: dict[str, Job] = {}
+        first_seen: dict[str, Origin] = {}
         outputs: dict[str, Job] = {}
         for index, raw in enumerate(_consumed(self.document.rows), start=1):
-            job = self.resolve(raw.merged_over(self.document.defaults), index)
+            job, job_id = self.resolve(raw.merged_over(self.document.defaults), index)
+            # Rows with other errors count too, so a repeated id is reported in the same pass.
+            if job_id is not None:
+                if job_id in first_seen:
+                    self.problems.error(
+                        raw.origin,
+                        f"duplicate id (also {first_seen[job_id].format()}); ids must be unique",
+                        job=job_id,
+                        field="id",
+                    )
+                    continue
+                first_seen[job_id] = raw.origin
             if job is None:
-                continue
-            if job.id in first_seen:
-                self.problems.error(
-                    job.origin,
-                    f"duplicate id (also {first_seen[job.id].origin.format()}); ids must be unique",
-                    job=job.id,
-                    field="id",
-                )
                 continue
             clash = next((name for name in job.outputs if name in outputs), None)
             if clash is not None:
@@ -309,13 +331,14 @@ class _Resolver:
                     job=job.id,
                 )
                 continue
-            first_seen[job.id] = job
             outputs.update(dict.fromkeys(job.outputs, job))
             jobs.append(job)
         return jobs
 
-    def resolve(self, raw: RawRow, index: int) -> Job | None:
+    def resolve(self, raw: RawRow, index: int) -> tuple[Job | None, str | None]:
+        """The row as a job (None if it has errors), and its id whenever that is known."""
         label = f"row {index}"
+        known_id: str | None = None
         values = dict(raw.values)
         job_vars = {
             name[5:]: _as_text(value)
@@ -324,6 +347,7 @@ class _Resolver:
         }
         context: dict[str, object] = {**job_vars, **raw.axes, "index": index}
         ok = True
+        templated: set[str] = set()  #: fields whose value templating changed
         for name in TEMPLATED_FIELDS:
             value = values.get(name)
             if not isinstance(value, str):
@@ -335,16 +359,22 @@ class _Resolver:
             except TemplateError as exc:
                 self._error(raw, name, str(exc), label)
                 ok = False
-            if name == "id" and ok:
+                continue
+            if values[name] != value:
+                templated.add(name)
+            if name == "id":
                 context["id"] = values["id"]
-                if is_valid_id(values["id"]):
-                    label = values["id"]
+                if is_valid_id(values["id"].strip()):
+                    label = known_id = values["id"].strip()
         if not ok:
-            return None
+            return None, known_id
         if values.get("id") is None:
             values["id"] = self._job_id(values, raw, label)
-        fields = self._validate(values, job_vars, raw, label)
-        return self._job(fields, raw, index) if fields else None
+            known_id = values["id"] if is_valid_id(values["id"]) else None
+        fields = self._validate(values, job_vars, raw, label, templated)
+        if fields is None:
+            return None, known_id
+        return self._job(fields, raw, index), fields.id
 
     def _job_id(self, values: dict[str, Any], raw: RawRow, label: str) -> str:
         given = values.get("id")
@@ -365,7 +395,12 @@ class _Resolver:
         return safe.strip(".")[:MAX_ID_LENGTH] or label.replace(" ", "-")
 
     def _validate(
-        self, values: dict[str, Any], job_vars: dict[str, str], raw: RawRow, label: str
+        self,
+        values: dict[str, Any],
+        job_vars: dict[str, str],
+        raw: RawRow,
+        label: str,
+        templated: set[str],
     ) -> JobFields | None:
         data: dict[str, Any] = {k: values[k] for k in SCALAR_FIELDS if values.get(k) is not None}
         safety = {
@@ -382,8 +417,8 @@ class _Resolver:
             for error in exc.errors():
                 name = ".".join(str(part) for part in error["loc"][:2])
                 message = describe_error(error)
-                if error["type"] != "missing" and error["type"] != "value_error":
-                    message += f" (got {shorten(error['input'])})"
+                if name in templated and error["type"] == "string_too_long":
+                    message += ", counted after templating"
                 self._error(raw, name, message, label)
             return None
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from avatarbatch import catalog
-from avatarbatch.diagnostics import Problems
+from avatarbatch.diagnostics import Problems, plural
 from avatarbatch.manifest import Job, Manifest, read_manifest
 from avatarbatch.media import MediaInfo, MediaKind, MediaRef, ProbeError, Prober
 
@@ -64,7 +64,9 @@ def _check_media(jobs: tuple[Job, ...], prober: Prober, result: Preflight) -> No
         try:
             info = prober.probe(ref, role)
         except ProbeError as exc:
-            others = f" (also used by {len(using) - 1} other jobs)" if len(using) > 1 else ""
+            others = (
+                f" (also used by {plural(len(using) - 1, 'other job')})" if len(using) > 1 else ""
+            )
             result.problems.error(
                 first.origin, f"{_describe(ref)} {exc}{others}", job=first.id, field=role
             )
@@ -74,8 +76,8 @@ def _check_media(jobs: tuple[Job, ...], prober: Prober, result: Preflight) -> No
     if unmeasured:
         result.problems.warning(
             unmeasured[0].origin,
-            f"{len(unmeasured)} job(s) use remote or stored audio: its length, and so the cost, "
-            "is unknown until the video is rendered",
+            f"{plural(len(unmeasured), 'job')} {'uses' if len(unmeasured) == 1 else 'use'} remote "
+            "or stored audio: its length, and so the cost, is unknown until the video is rendered",
             job=unmeasured[0].id,
             field="audio",
         )

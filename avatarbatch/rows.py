@@ -122,6 +122,11 @@ def row_from_mapping(
     return row
 
 
+def is_csv_column(column: str, var_columns: Iterable[str]) -> bool:
+    """Whether a CSV header cell names a field or a declared var column."""
+    return column in var_columns or canonical_name(column) is not None
+
+
 def csv_columns(
     header: list[str], line: int, path: Path, var_columns: Iterable[str], problems: Problems
 ) -> dict[str, str]:

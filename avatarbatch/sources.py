@@ -11,6 +11,8 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import yaml
 
 from avatarbatch import paths
-from avatarbatch.diagnostics import Origin, Problems
+from avatarbatch.diagnostics import Origin, Problems, plural, shorten
 from avatarbatch.errors import ManifestError
 
 MAX_MANIFEST_BYTES = 64_000_000
@@ -195,11 +197,15 @@ class CsvTable:
     rows: list[CsvRow]
 
 
-def parse_csv(text: str, path: Path) -> CsvTable:
+def parse_csv(
+    text: str, path: Path, is_column: Callable[[str], bool] = lambda _name: True
+) -> CsvTable:
     """Header and rows of a CSV file; blank lines and lines starting with # are skipped.
 
     The delimiter (comma, semicolon or tab) is taken from the header line, since spreadsheets
-    in many locales export semicolons.
+    in many locales export semicolons. A header that splits into one column which is no known
+    column (`is_column`) was written with some other delimiter: it is refused at the header,
+    rather than reported as one long unknown column and then a missing field on every row.
     """
     first_line = text.split("\n", 1)[0]
     delimiter = max(CSV_DELIMITERS, key=first_line.count)
@@ -215,12 +221,14 @@ def parse_csv(text: str, path: Path) -> CsvTable:
             if not any(cell.strip() for cell in record) or record[0].lstrip().startswith("#"):
                 continue
             if header is None:
-                header, header_line = _check_header(record, Origin(path, line)), line
+                header = _check_header(record, Origin(path, line), is_column)
+                header_line = line
                 continue
             if len(record) > len(header):
                 raise fail(
                     Origin(path, line),
-                    f"row has {len(record)} cells but the header has {len(header)} columns",
+                    f"row has {len(record)} cells but the header has "
+                    f"{plural(len(header), 'column')}",
                 )
             rows.append(CsvRow(line, dict(zip(header, record, strict=False))))
     except csv.Error as exc:
@@ -230,12 +238,32 @@ def parse_csv(text: str, path: Path) -> CsvTable:
     return CsvTable(header, header_line, rows)
 
 
-def _check_header(record: list[str], origin: Origin) -> list[str]:
+def _check_header(record: list[str], origin: Origin, is_column: Callable[[str], bool]) -> list[str]:
     header = [cell.strip() for cell in record]
     for number, name in enumerate(header, start=1):
         if not name:
             raise fail(origin, f"header column {number} has no name")
+    if len(header) == 1 and not is_column(header[0]):
+        used = _likely_delimiter(header[0])
+        raise fail(
+            origin,
+            f"header has one column, {shorten(header[0])}; separate columns with a comma, "
+            f"semicolon or tab{f', not {used}' if used else ''}",
+        )
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates:
-        raise fail(origin, f"header repeats column(s): {', '.join(duplicates)}")
+        noun = "column" if len(duplicates) == 1 else "columns"
+        raise fail(origin, f"header repeats {noun}: {', '.join(duplicates)}")
     return header
+
+
+def _likely_delimiter(cell: str) -> str | None:
+    """The character that seems to separate the names in `cell`, described; None if none does.
+
+    Column names hold letters, digits, `_` and `.`, so the commonest other character is it.
+    """
+    counts = Counter(ch for ch in cell if not ch.isalnum() and ch not in "._")
+    if not counts:
+        return None
+    char = counts.most_common(1)[0][0]
+    return "spaces" if char == " " else repr(char)

@@ -76,7 +76,7 @@ def first_error(path: Path) -> str:
             "bad.csv:2: row has 4 cells but the header has 3",
         ),
         ("bad.csv", "id,,audio\n", "bad.csv:1: header column 2 has no name"),
-        ("bad.csv", "id,id\n", "bad.csv:1: header repeats column(s): id"),
+        ("bad.csv", "id,id\n", "bad.csv:1: header repeats column: id"),
         ("bad.csv", "# nothing but a comment\n", "bad.csv: has no header row"),
         ("bad.csv", b"id,prompt\na,caf\xe9\n", "bad.csv:2: is not valid UTF-8"),
     ],
@@ -166,8 +166,10 @@ def test_rows_csv_problems_name_the_csv_file(write: Write) -> None:
 
 
 def test_rows_pointing_at_a_missing_csv(write: Write) -> None:
+    # Located where the CSV is named: that is the line to fix.
     assert (
-        first_error(write("m.yaml", "version: 1\nrows: nope.csv\n")) == "nope.csv: does not exist"
+        first_error(write("m.yaml", "version: 1\nrows: nope.csv\n"))
+        == "m.yaml:2: rows: nope.csv does not exist"
     )
 
 

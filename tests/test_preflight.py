@@ -86,7 +86,7 @@ def test_remote_audio_warns_that_cost_is_unknown(write: Write, media: Path) -> N
     )
     result = preflight(path)
     assert result.ok
-    assert "1 job(s) use remote or stored audio" in result.problems.warnings[0].message
+    assert "1 job uses remote or stored audio" in result.problems.warnings[0].message
 
 
 def test_unreadable_manifest_gives_no_manifest(write: Write) -> None:
