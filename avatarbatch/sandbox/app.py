@@ -230,7 +230,7 @@ class _Api:
             return [], [], refusal
         uuid = str(task["taskUUID"])
         if task_type == "getResponse":
-            return self._poll(uuid)
+            return self._poll(request, uuid)
         if task_type == "videoInference":
             return self._submit(request, task)
         if task_type in ("imageUpload", "mediaStorage"):
@@ -241,7 +241,7 @@ class _Api:
             TaskError("invalidTaskType", f"Task type {task_type!r} is not supported.", "taskType"),
         )
 
-    def _poll(self, uuid: str) -> tuple[Items, Items, TaskError | None]:
+    def _poll(self, request: Request, uuid: str) -> tuple[Items, Items, TaskError | None]:
         engine = self.engine
         registering = engine.registering(uuid)
         if registering and engine.lag_answers_empty(uuid):
@@ -254,7 +254,10 @@ class _Api:
                     "taskFailedOrNotFound", f"No task with UUID {uuid} was found.", "taskUUID"
                 ),
             )
-        data, failed = engine.poll(uuid)
+        # A persistent sandbox may have restarted on another port since the task was sent:
+        # its results are where the client reaches it now.
+        base = _base_url(request) if self.config.persist else None
+        data, failed = engine.poll(uuid, base)
         return data, failed, None
 
     def _submit(
@@ -262,7 +265,7 @@ class _Api:
     ) -> tuple[Items, Items, TaskError | None]:
         uuid = task["taskUUID"]
         if uuid in self.engine.tasks:
-            self.engine.conflicts += 1
+            self.engine.count_conflict()
             return (
                 [],
                 [],
@@ -316,8 +319,7 @@ class _Api:
                 data, mime = decode_inline(value)
         except InputError as exc:
             return [], [], TaskError(exc.code, str(exc), field_name)
-        item = self.engine.media.put(data, mime)
-        self.engine.upload_uuids.add(task["taskUUID"])
+        item = await self.engine.store_upload(data, mime, task["taskUUID"])
         url = f"{_base_url(request)}{MEDIA_ROUTE}{item.filename}"
         answer: dict[str, Any] = {"taskType": task["taskType"], "taskUUID": task["taskUUID"]}
         if is_image:
@@ -341,6 +343,8 @@ class _Api:
             return _errors(
                 [_error_item(TaskError("notFound", "No such media.", None, 404), {})], 404
             )
+        if item.content is None and item.path is not None:  # restored: served from its file
+            return FileResponse(item.path, media_type=item.mime)
         return Response(item.data, media_type=item.mime)
 
     async def video(self, request: Request) -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from avatarbatch.sandbox.faults import FaultSpec
 
@@ -39,6 +39,10 @@ class SandboxConfig(BaseModel):
     retry_after: int = Field(1, ge=0)  #: the Retry-After of injected 429 answers, seconds
     slow_seconds: float = Field(2.0, ge=0)  #: delay of a `slow` fault
     storage_dir: Path | None = None  #: where renders live; a temporary folder by default
+    #: keep tasks, uploads and the ledger in `storage_dir` across restarts, like an endpoint
+    #: that kept working while its client was away (requires storage_dir); tasks left
+    #: unfinished are rendered on the next start, polls get URLs of the address they used
+    persist: bool = False
     max_body_bytes: int = 64 * 1024 * 1024
     balance: float | None = None  #: USD; once billing reaches it, submissions get HTTP 402
     default_ttl: int = 24 * 3600  #: seconds a result URL lives when the task gives no ttl
@@ -67,6 +71,15 @@ class SandboxConfig(BaseModel):
     #: a reused taskUUID on imageUpload/mediaStorage answers 400 conflictTaskUUID instead of
     #: uploading again
     upload_conflicts: bool = False
+
+    @field_validator("persist")
+    @classmethod
+    def _persist_needs_storage(cls, persist: bool, info: ValidationInfo) -> bool:
+        if persist and info.data.get("storage_dir") is None:
+            raise ValueError(
+                "keeping tasks across restarts needs a storage folder (storage_dir) to keep them in"
+            )
+        return persist
 
     @model_validator(mode="before")
     @classmethod

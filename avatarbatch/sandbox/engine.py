@@ -5,6 +5,12 @@ capacity; a task's render takes `latency` seconds per second of audio plus a fix
 its results appear one by one. Billing follows Runware's rule (price x output seconds, rounded
 to 5 places) per successful result and never for failures; a reused task UUID is refused with
 `conflictTaskUUID` and never billed twice.
+
+With `persist`, every change is also written to storage_dir (persist.py) and a new engine on
+the same folder carries on where the last one stopped: finished tasks keep their answers and
+videos; unfinished ones are queued again and render the results they still owe (with the
+videoUUIDs and seeds given at acceptance), billed when they succeed, and only once, since the
+ledger is the sum of the results that succeeded.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from avatarbatch import catalog
 from avatarbatch.media import ProbeError, probe_audio, probe_image
-from avatarbatch.sandbox import store
+from avatarbatch.sandbox import persist, store
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultInjector, unit_interval
 from avatarbatch.sandbox.notify import Notifier
@@ -67,10 +74,11 @@ class Task:
     request: dict[str, Any]
     base_url: str  #: scheme://host:port the client used, to build result URLs it can reach
     accepted_at: float
-    api_key: str = ""  #: the submitter's key, only so that `echo_key` can leak it
+    api_key: str = ""  #: the submitter's key, only so that `echo_key` can leak it; never saved
     results: list[Result] = field(default_factory=list)
     seconds: float | None = None
     finished: bool = False
+    restored: bool = False  #: accepted by an earlier run of a persistent sandbox
 
     @property
     def model(self) -> catalog.AvatarModel:
@@ -91,6 +99,8 @@ class Engine:
     """All sandbox state. Lives in the server's event loop; workers start on first use."""
 
     def __init__(self, config: SandboxConfig) -> None:
+        if config.persist and config.storage_dir is None:  # model_copy skips the validator
+            raise ValueError("a persistent sandbox needs a storage_dir")
         self.config = config
         self.tasks: dict[str, Task] = {}
         self.media = store.MediaStore()
@@ -110,12 +120,24 @@ class Engine:
         self.storage = Path(config.storage_dir or self._own_dir.name)  # type: ignore[union-attr]
         self.notifier = Notifier(allow_remote=config.allow_remote)
         self._checked: dict[tuple[str, str], tuple[Path, float]] = {}
+        self.state: persist.StateFile | None = None  #: where a persistent sandbox saves
+        self._resumed: list[Task] = []  #: restored unfinished tasks, queued once started
+        if config.persist:
+            self.state = persist.StateFile(self.storage)
+            try:
+                self._restore(self.state.load())
+            except BaseException:
+                self.state.close()
+                raise
 
     def ensure_started(self) -> None:
         """Start the render slots in the running loop (an ASGI transport has no lifespan)."""
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._workers = [asyncio.create_task(self._work()) for _ in range(self.config.workers)]
+            for task in self._resumed:
+                self._queue.put_nowait(task)
+            self._resumed = []
 
     async def aclose(self) -> None:
         for worker in self._workers:
@@ -126,8 +148,106 @@ class Engine:
         self._workers = []
         self._queue = None
         await self.notifier.aclose()
+        self.close_state()
         if self._own_dir is not None:
             self._own_dir.cleanup()
+
+    # --- persistence ----------------------------------------------------------------------------
+
+    def close_state(self) -> None:
+        """Close the state file and free the storage folder for another sandbox (idempotent)."""
+        if self.state is not None:
+            self.state.close()
+            self.state = None
+
+    def _restore(self, saved: persist.Saved) -> None:
+        """Take up what an earlier run saved: its tasks, uploads and conflict count.
+
+        The registration lag of a restored task counts from its acceptance on the wall clock
+        (the monotonic clock it was stamped with died with the process): its `accepted_at`
+        becomes the monotonic instant that lies as far in the past.
+        """
+        now, wall = time.monotonic(), time.time()
+        for item in saved.uploads:
+            if item.path.is_file():
+                self.media.add(store.StoredMedia(item.media_uuid, None, item.mime, item.path))
+        self.upload_uuids = {item.task_uuid for item in saved.uploads}
+        self.conflicts = saved.conflicts
+        for row in saved.tasks:
+            task = Task(
+                row.uuid,
+                row.request,
+                row.base_url,
+                now - max(0.0, wall - row.accepted_at),
+                seconds=row.seconds,
+                finished=row.finished,
+                restored=True,
+            )
+            task.results = [self._restored_result(task, result) for result in row.results]
+            self.tasks[task.uuid] = task
+            if task.finished:
+                continue
+            if all(result.status != "processing" for result in task.results):
+                task.finished = True  # stopped between its last result and the end of the task
+                self._save(task)
+                continue
+            self.in_flight += 1
+            self._resumed.append(task)
+        self.peak_in_flight = self.in_flight
+
+    def _restored_result(self, task: Task, saved: persist.SavedResult) -> Result:
+        result = Result(saved.video_uuid, saved.seed, saved.status, expires_at=saved.expires_at)
+        result.error = saved.error
+        if saved.status == "success" and saved.path is not None:
+            result.path, result.cost = self.storage / saved.path, saved.cost
+            if not task.finished and not result.path.is_file():
+                result.status, result.path, result.cost = "processing", None, Decimal(0)
+        return result
+
+    def _save(self, task: Task) -> None:
+        """Write a task's progress, if persistent; a failed write is logged, never raised.
+
+        A lost progress write costs a render again after a restart, nothing more, while a
+        render slot that died on it would stall every task behind it.
+        """
+        if self.state is None:
+            return
+        try:
+            self.state.save_task(task)
+        except Exception:
+            log.exception("sandbox: could not save task %s", task.uuid)
+
+    def previous_port(self) -> int | None:
+        """The port a persistent sandbox last served on, so URLs handed out stay valid."""
+        value = self.state.meta("port") if self.state is not None else None
+        return int(value) if value else None
+
+    def listening_on(self, port: int) -> None:
+        """Record the port; restored tasks send their webhooks' URLs through it from now on."""
+        if self.state is None:
+            return
+        for task in self.tasks.values():
+            if task.restored:
+                task.base_url = _with_port(task.base_url, port)
+        self.state.set_meta("port", str(port))
+
+    async def store_upload(self, data: bytes, mime: str, task_uuid: str) -> store.StoredMedia:
+        """Keep an uploaded input (on disk too, if persistent) before its UUID is handed out."""
+        if self.state is None:
+            item = self.media.put(data, mime)
+        else:
+            item = store.StoredMedia(str(uuidlib.uuid4()), data, mime)
+            # Up to 50 MB: written beside the loop, indexed in it (the database is not shared).
+            path = await asyncio.to_thread(self.state.write_upload, item)
+            self.state.index_upload(item, task_uuid, path)
+            self.media.add(item)
+        self.upload_uuids.add(task_uuid)
+        return item
+
+    def count_conflict(self) -> None:
+        self.conflicts += 1
+        if self.state is not None:
+            self.state.set_meta("conflicts", str(self.conflicts))
 
     # --- submissions ----------------------------------------------------------------------------
 
@@ -141,6 +261,8 @@ class Engine:
         task.results = [
             Result(str(uuidlib.uuid4()), rng.randrange(1, 2**31)) for _ in range(number)
         ]
+        if self.state is not None:  # on disk before the acknowledgement can be sent
+            self.state.add_task(task, time.time())
         self.tasks[task.uuid] = task
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -179,12 +301,16 @@ class Engine:
                 task.finished = True
                 self.in_flight -= 1
                 self._queue.task_done()
+            # Not reached when the engine stops mid-render: the task stays unfinished on disk.
+            self._save(task)
 
     async def _render_task(self, task: Task) -> None:
         # The simulated time runs from the moment a render slot takes the task, as a provider's
         # would: the sandbox's own work (probing inputs while 15 other submissions arrive) must
         # not stretch every render, and a task that queued for a slot still waits its turn.
         started = time.monotonic()
+        if task.restored:  # as if the sandbox had kept rendering while it was down
+            started = min(started, task.accepted_at)
         try:
             portrait, audio, seconds = await self._inputs(task)
         except store.InputError as exc:
@@ -200,6 +326,8 @@ class Engine:
         ready_at = started + render_time
         for index, result in enumerate(task.results):
             ready_at += 0 if index == 0 else render_time * 0.1
+            if result.status != "processing":  # finished before a restart
+                continue
             delay = ready_at - time.monotonic()
             # A TaskGroup, not gather: on cancellation it waits for the render to stop too,
             # so ffmpeg never outlives the engine or writes into a deleted folder.
@@ -210,9 +338,11 @@ class Engine:
             error = rendering.result()
             if error is not None:
                 result.status, result.error = "error", error
+                self._save(task)
                 self.notifier.result_failed(task, self.error_item(task, result))
                 continue
             result.status = "success"
+            self._save(task)
             self.notifier.result_ready(task, self.result_item(task, result), result.path)
 
     async def _render_result(
@@ -308,15 +438,22 @@ class Engine:
 
     # --- answers --------------------------------------------------------------------------------
 
-    def result_item(self, task: Task, result: Result) -> dict[str, Any]:
-        """The getResponse / webhook item of one finished video."""
+    def result_item(
+        self, task: Task, result: Result, base_url: str | None = None
+    ) -> dict[str, Any]:
+        """The getResponse / webhook item of one finished video.
+
+        Its URL starts with `base_url`, the address the client reaches the sandbox at, or by
+        default with the one it used to submit the task.
+        """
         fmt = task.request.get("outputFormat", "MP4")
+        base = base_url or task.base_url
         item: dict[str, Any] = {
             "taskType": "videoInference",
             "taskUUID": task.uuid,
             "status": self.config.success_status,
             "videoUUID": result.video_uuid,
-            "videoURL": f"{task.base_url}{VIDEO_ROUTE}{result.video_uuid}.{EXTENSIONS[fmt]}",
+            "videoURL": f"{base}{VIDEO_ROUTE}{result.video_uuid}.{EXTENSIONS[fmt]}",
             "seed": result.seed,
         }
         if task.request.get("uploadEndpoint") and not self.config.url_with_upload_endpoint:
@@ -339,14 +476,20 @@ class Engine:
             "message": message,
         }
 
-    def poll(self, task_uuid: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Cumulative data items and failed-generation items of one task."""
+    def poll(
+        self, task_uuid: str, base_url: str | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Cumulative data items and failed-generation items of one task.
+
+        `base_url` (the poll's own address) goes into result URLs instead of the submission's.
+        """
         task = self.tasks[task_uuid]
         data: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
         for result in task.results:
             if result.status == "success":
-                data.append(self._reported(task, result, self.result_item(task, result)))
+                item = self.result_item(task, result, base_url)
+                data.append(self._reported(task, result, item))
             elif result.status == "error":
                 errors.append(self.error_item(task, result))
             else:
@@ -441,3 +584,12 @@ class Engine:
             "faults": dict(self.faults.injected),
             "webhooks": self.notifier.counts(),
         }
+
+
+def _with_port(url: str, port: int) -> str:
+    """`url` with its port replaced (scheme, host and path kept)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return parts._replace(netloc=f"{host}:{port}").geturl()

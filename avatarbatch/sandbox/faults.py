@@ -8,6 +8,7 @@ concurrent requests happen to arrive in.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -36,6 +37,9 @@ FAULT_DESCRIPTIONS: dict[str, str] = {
     "negative_cost": "a successful getResponse item reports its cost as -0.5",
 }
 FAULT_KINDS = tuple(FAULT_DESCRIPTIONS)
+SYNTAX = "expected NAME=RATE[,NAME=RATE...] with RATE from 0 to 1 and NAME one of " + ", ".join(
+    FAULT_KINDS
+)
 
 
 class FaultSpecError(ValueError):
@@ -57,16 +61,19 @@ class FaultSpec:
                 continue
             name, sep, value = part.partition("=")
             name = name.strip()
-            if not sep or name not in FAULT_KINDS:
-                raise FaultSpecError(
-                    f"{part.strip()!r}: expected KIND=RATE, KIND one of {', '.join(FAULT_KINDS)}"
-                )
+            if not sep:
+                raise FaultSpecError(f"{part.strip()!r} has no rate; {SYNTAX}")
+            if name not in FAULT_KINDS:
+                raise FaultSpecError(f"unknown fault {name!r}; {SYNTAX}")
             try:
                 rate = float(value)
             except ValueError:
-                raise FaultSpecError(f"{part.strip()!r}: the rate must be a number") from None
-            if not 0 <= rate <= 1:
-                raise FaultSpecError(f"{part.strip()!r}: the rate must be between 0 and 1")
+                rate = math.nan
+            if not 0 <= rate <= 1:  # NaN fails this too
+                raise FaultSpecError(
+                    f"{part.strip()!r}: the rate must be a number from 0 to 1 "
+                    "(a probability, e.g. http500=0.05)"
+                )
             rates[name] = rate
         return cls(rates)
 

@@ -1,5 +1,8 @@
 """Serving the sandbox: on a chosen port for `avatarbatch sandbox`, or on a free loopback port
 in a background thread for tests, benchmarks and `run --sandbox`.
+
+A persistent sandbox (SandboxConfig.persist) first tries the port it served on last time, so
+the URLs a client recorded then still lead to it, and records the port it got.
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ def _uvicorn_config(app: Any, config: SandboxConfig, log_level: str) -> uvicorn.
 
 def serve(config: SandboxConfig, host: str, port: int, log_level: str = "info") -> None:
     """Serve in the foreground until interrupted (the `avatarbatch sandbox` command)."""
-    server_config = _uvicorn_config(create_app(config), config, log_level)
+    app = create_app(config)
+    if port:
+        app.state.engine.listening_on(port)
+    server_config = _uvicorn_config(app, config, log_level)
     server_config.host, server_config.port = host, port
     uvicorn.Server(server_config).run()
 
@@ -76,13 +82,23 @@ class RunningSandbox:
 def running_sandbox(
     config: SandboxConfig | None = None, host: str = "127.0.0.1"
 ) -> Iterator[RunningSandbox]:
-    """Start a sandbox on a free port of `host` in a thread; stop it on exit."""
+    """Start a sandbox on a free port of `host` in a thread; stop it on exit.
+
+    A persistent one takes the port it had last time if that is free, and any free one if not.
+    """
     config = config or SandboxConfig()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    port = sock.getsockname()[1]
     app = create_app(config)
+    engine = app.state.engine
+    sock = None
+    previous = engine.previous_port() if config.persist else None
+    if previous is not None:
+        sock = _listening(host, previous)
+    if sock is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    engine.listening_on(port)
     server = uvicorn.Server(_uvicorn_config(app, config, "warning"))
     thread = threading.Thread(
         target=lambda: asyncio.run(server.serve(sockets=[sock])),
@@ -102,6 +118,25 @@ def running_sandbox(
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+        if not thread.is_alive():  # its shutdown closed it, unless it never started
+            engine.close_state()
+
+
+def _listening(host: str, port: int) -> socket.socket | None:
+    """A socket listening on `port`, or None if someone else holds it.
+
+    Listening at once, not only binding: SO_REUSEADDR lets two sockets bind one port, and only
+    listen() tells whether another server already has it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 def _wait_until(condition: Any, timeout: float) -> bool:

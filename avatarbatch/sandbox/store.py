@@ -1,9 +1,10 @@
 """Uploaded media and fetched inputs of the sandbox.
 
-Uploads (imageUpload, mediaStorage) are kept in memory and served back at their URL. Inputs of
-a task may name an upload by UUID or URL, carry the bytes inline, or point at a URL: those are
-fetched only from loopback addresses unless the sandbox was started with --allow-remote, so a
-sandbox cannot be turned into a proxy to the outside world.
+Uploads (imageUpload, mediaStorage) are kept in memory and served back at their URL (those a
+persistent sandbox restored from its storage folder are read from their file when needed).
+Inputs of a task may name an upload by UUID or URL, carry the bytes inline, or point at a URL:
+those are fetched only from loopback addresses unless the sandbox was started with
+--allow-remote, so a sandbox cannot be turned into a proxy to the outside world.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ipaddress
 import socket
 import uuid as uuidlib
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -43,8 +45,16 @@ class InputError(Exception):
 @dataclass(frozen=True)
 class StoredMedia:
     uuid: str
-    data: bytes
+    content: bytes | None  #: the bytes, or None when they live in `path`
     mime: str
+    path: Path | None = None
+
+    @property
+    def data(self) -> bytes:
+        if self.content is not None:
+            return self.content
+        assert self.path is not None
+        return self.path.read_bytes()
 
     @property
     def filename(self) -> str:
@@ -59,6 +69,10 @@ class MediaStore:
         item = StoredMedia(str(uuidlib.uuid4()), data, mime)
         self._items[item.uuid] = item
         return item
+
+    def add(self, item: StoredMedia) -> None:
+        """Keep an upload made earlier (restored by a persistent sandbox)."""
+        self._items[item.uuid] = item
 
     def get(self, media_uuid: str) -> StoredMedia | None:
         return self._items.get(media_uuid.lower())
