@@ -22,7 +22,14 @@ from pathlib import PurePosixPath
 from string import Template
 from urllib.parse import quote
 
-from avatarbatch.reportdata import DELIVERED, MISMATCH_RATIO, JobReport, ReportData, Totals
+from avatarbatch.reportdata import (
+    DELIVERED,
+    MISMATCH_RATIO,
+    JobReport,
+    ReportData,
+    Totals,
+    money,
+)
 
 STATUS_FILTERS = ("done", "failed", "other")
 #: Geometry of the inline SVG bar charts, in user units (the SVG scales to its box).
@@ -317,7 +324,7 @@ def _status_class(status: str) -> str:
 
 
 def _money(value: float | None) -> str:
-    return "—" if value is None else f"${value:.5f}"
+    return money(value, unknown="—")
 
 
 def _duration(seconds: float) -> str:

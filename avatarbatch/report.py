@@ -21,7 +21,15 @@ from avatarbatch.gallery import PAGES_DIR, gallery_pages, page_paths
 from avatarbatch.jsonlines import json_with_item_lines
 from avatarbatch.manifest import Job, Manifest
 from avatarbatch.media import MediaRef
-from avatarbatch.reportdata import JobReport, ReportData, Totals, build_report
+from avatarbatch.reportdata import (
+    DELIVERED,
+    REMOVED,
+    JobReport,
+    ReportData,
+    Totals,
+    build_report,
+    money,
+)
 from avatarbatch.state import JobOverview, OwnedFile, StateStore
 
 log = logging.getLogger("avatarbatch.report")
@@ -57,7 +65,7 @@ def write_reports(
     owned = store.file_owners(["failures.yaml", *stale_pages])
     # Recorded before they are written: a crash (or a locked state file) between the two
     # must not leave report files that the next run takes for someone else's.
-    store.own_files(OwnedFile(name) for name in _report_names(data, failed=True))
+    store.own_files(OwnedFile(name) for name in report_files(data, failed=True))
     written = [
         _write(output_dir, "cost_report.csv", cost_csv_lines(data)),
         _write(output_dir, "report.json", report_json(data)),
@@ -67,7 +75,7 @@ def write_reports(
     failed = [
         job for job, row in zip(manifest.jobs, data.jobs, strict=True) if row.status == "failed"
     ]
-    if failed:
+    if failed:  # the condition report_files() and the Markdown's file list rely on
         written.append(
             _write(output_dir, "failures.yaml", failures_manifest(failed, manifest, output_dir))
         )
@@ -77,9 +85,14 @@ def write_reports(
     return data
 
 
-def _report_names(data: ReportData, *, failed: bool) -> list[str]:
-    names = ["cost_report.csv", "report.json", "report.md"]
-    names += page_paths(len(data.jobs))
+def report_files(data: ReportData, *, failed: bool | None = None) -> list[str]:
+    """The report files `write_reports` writes for `data`, relative to the output folder.
+
+    failures.yaml only when a job failed (`failed` overrides that, to own it in advance).
+    """
+    names = ["cost_report.csv", "report.json", "report.md", *page_paths(len(data.jobs))]
+    if failed is None:
+        failed = any(job.status == "failed" for job in data.jobs)
     return [*names, "failures.yaml"] if failed else names
 
 
@@ -140,7 +153,19 @@ def cost_csv(data: ReportData) -> str:
 
 
 def cost_csv_lines(data: ReportData) -> Iterator[str]:
-    """cost_report.csv line by line: one per job, then a TOTAL per model and overall."""
+    """cost_report.csv line by line: one per job, then a TOTAL per model and overall.
+
+    Columns: `id`, one per var, `model`, `status`, `jobs`, `audio_seconds`, `results`,
+    `estimated_cost`, `actual_cost`, `earlier_cost`, `cost_source`, `attempts`, `task_uuid`,
+    `outputs`, `sha256`, `error`.
+
+    - a job's row: `jobs` is 1;
+    - a `removed` row (a job id paid for that has left the manifest): `jobs` is 0, so the
+      column sums to the TOTAL row's, while its cost is counted in the totals;
+    - `TOTAL <model>` rows (`model` is the model) and a last `TOTAL` row: `status` is empty,
+      `jobs` is how many of the manifest's jobs they sum, the numeric columns are sums and the
+      per-job columns are empty.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
 
@@ -156,6 +181,7 @@ def cost_csv_lines(data: ReportData) -> Iterator[str]:
             *data.var_names,
             "model",
             "status",
+            "jobs",
             "audio_seconds",
             "results",
             "estimated_cost",
@@ -183,6 +209,7 @@ def _job_cells(job: JobReport, var_names: list[str]) -> list[Any]:
         *(job.vars.get(name, "") for name in var_names),
         job.model,
         job.status,
+        int(job.status != REMOVED),
         _number(job.audio_seconds, 3),
         job.results,
         _number(job.estimated_cost, 5),
@@ -200,7 +227,8 @@ def _job_cells(job: JobReport, var_names: list[str]) -> list[Any]:
 def _total_cells(totals: Totals) -> list[Any]:
     rounded = totals.rounded()
     return [
-        f"{totals.jobs} jobs",
+        "",
+        totals.jobs,
         rounded["audio_seconds"],
         "",
         rounded["estimated_cost"],
@@ -229,8 +257,8 @@ def summary_markdown(data: ReportData) -> str:
     lines = [
         f"# avatarbatch report: {Path(data.manifest).name}",
         "",
-        f"{total.jobs} jobs: {counts}. Actual cost ${total.actual_cost:,.5f} "
-        f"(estimate ${total.estimated_cost:,.5f}), {total.audio_seconds:,.1f} s of audio.",
+        f"{total.jobs} jobs: {counts}. Actual cost {money(total.actual_cost)} "
+        f"(estimate {money(total.estimated_cost)}), {total.audio_seconds:,.1f} s of audio.",
         "",
         "| model | jobs | audio s | estimate | actual |",
         "|---|---:|---:|---:|---:|",
@@ -246,7 +274,7 @@ def summary_markdown(data: ReportData) -> str:
     if total.earlier_cost:
         lines += [
             "",
-            f"Of the actual cost, ${total.earlier_cost:,.5f} paid for earlier attempts: "
+            f"Of the actual cost, {money(total.earlier_cost)} paid for earlier attempts: "
             "superseded specs, retries, and rows no longer in the manifest "
             f"({len(data.removed)} removed).",
         ]
@@ -261,21 +289,32 @@ def summary_markdown(data: ReportData) -> str:
     if mismatches:
         lines += ["", "Actual cost differs from the estimate by more than 10%:"]
         lines += [
-            f"- {j.id}: estimate ${j.estimated_cost or 0:.5f}, actual ${j.actual_cost or 0:.5f}"
+            f"- {j.id}: estimate {money(j.estimated_cost or 0)}, actual {money(j.actual_cost or 0)}"
             for j in mismatches
         ]
     failed = [j for j in data.jobs if j.status == "failed"]
     if failed:
         lines += ["", f"Failed ({len(failed)}); `failures.yaml` reruns just these:"]
         lines += [f"- {j.id}: {j.error or 'no reason recorded'}" for j in failed]
-    lines += ["", f"Files: {data.output_dir}/videos, cost_report.csv, report.json, index.html", ""]
+    lines += ["", f"Files in {data.output_dir}: {_files_line(data)}", ""]
     return "\n".join(lines)
+
+
+def _files_line(data: ReportData) -> str:
+    """What `write_reports` writes for `data`, further gallery pages counted, not listed."""
+    files = report_files(data)
+    pages = [name for name in files if name.startswith(f"{PAGES_DIR}/")]
+    names = [name for name in files if name not in pages]
+    if pages:
+        names[names.index("index.html")] += f" (+ {len(pages)} more pages in {PAGES_DIR}/)"
+    has_videos = any(not o.startswith(DELIVERED) for job in data.jobs for o in job.outputs)
+    return ", ".join(["videos/", *names] if has_videos else names)
 
 
 def _totals_row(name: str, totals: Totals) -> str:
     return (
         f"| {name} | {totals.jobs} | {totals.audio_seconds:,.1f} | "
-        f"${totals.estimated_cost:,.5f} | ${totals.actual_cost:,.5f} |"
+        f"{money(totals.estimated_cost)} | {money(totals.actual_cost)} |"
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -19,6 +20,18 @@ from avatarbatch.state import JobMoney, JobOverview, StateStore
 MISMATCH_RATIO = 0.10  #: an actual cost this far from its estimate is pointed out
 DELIVERED = "delivered to "  #: how a video the API put at the task's uploadEndpoint is listed
 REMOVED = "removed"  #: the status shown for a job id the manifest no longer has, but paid for
+#: decimals of every money figure shown to people: per-second prices ($0.044 x 12.345 s) need 5
+MONEY_PLACES = 5
+
+
+def money(value: Decimal | float | None, *, unknown: str = "?") -> str:
+    """A cost as printed everywhere (plan, status, run summary, progress, reports): `$1,234.56789`.
+
+    `unknown` stands in for a cost nobody knows (remote audio of unmeasured length).
+    """
+    if value is None:
+        return unknown
+    return f"${Decimal(str(value)):,.{MONEY_PLACES}f}"
 
 
 @dataclass(frozen=True)

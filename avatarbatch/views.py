@@ -6,8 +6,8 @@ as plain aligned text, because a 10,000-row rich Table takes seconds to lay out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from decimal import Decimal
+import time
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -16,15 +16,11 @@ from rich.table import Table
 from avatarbatch import catalog
 from avatarbatch.diagnostics import Problem, Problems
 from avatarbatch.plan import Plan, PlannedJob, PlanStatus, Totals
+from avatarbatch.progress import stage_label
+from avatarbatch.reportdata import money
 
 if TYPE_CHECKING:
     from avatarbatch.batch import RunSummary
-
-
-def money(value: Decimal | float | None) -> str:
-    if value is None:
-        return "?"
-    return f"${Decimal(str(value)):,.4f}"
 
 
 def seconds(value: float | None) -> str:
@@ -132,22 +128,24 @@ def run_summary(summary: RunSummary) -> str:
         f"{summary.report.rstrip()}\n\n"
         f"{summary.jobs} jobs: {summary.done} done, {summary.failed} failed, "
         f"{summary.pending} unfinished ({summary.submitted} submitted now, {summary.skipped} "
-        f"already done); cost this run ${summary.cost_this_run:,.5f}, "
-        f"${summary.cost_actual:,.5f} in all through this state file "
-        f"(estimate ${summary.cost_estimated:,.5f})\n"
+        f"already done); cost this run {money(summary.cost_this_run)}, "
+        f"{money(summary.cost_actual)} in all through this state file "
+        f"(estimate {money(summary.cost_estimated)})\n"
         f"{summary.message}\n"
         f"gallery: {summary.output_dir}/index.html  state: {summary.state_file}"
     ).lstrip()
 
 
 def print_status(console: Console, report: dict[str, Any]) -> None:
-    counts = ", ".join(f"{status} {n}" for status, n in report["by_status"].items() if n)
+    counts = ", ".join(
+        f"{stage_label(status)} {n}" for status, n in report["by_status"].items() if n
+    )
     console.print(
         f"{report['state_file']}: {report['jobs']} jobs ({counts or 'none'})", markup=False
     )
     console.print(
-        f"spent ${report['spend']:,.5f} (every attempt billed through this state file), "
-        f"current jobs estimated ${report['estimated']:,.5f}",
+        f"spent {money(report['spend'])} (every attempt billed through this state file), "
+        f"current jobs estimated {money(report['estimated'])}",
         markup=False,
     )
     for job_id, reason in report.get("damaged_videos", {}).items():
@@ -162,6 +160,23 @@ def print_status(console: Console, report: dict[str, Any]) -> None:
         )
     last = report["last_run"]
     if last:
-        console.print(
-            f"last run: {last.get('outcome')} (exit {last.get('exit_code')})", markup=False
-        )
+        console.print(last_run_line(last, running=report.get("running")), markup=False)
+
+
+def last_run_line(run: Mapping[str, Any], *, running: bool | None = None) -> str:
+    """`last run: #3 ok (exit 0), started ..., finished ...`; a run with no finish recorded is
+    still going (`running`: its lock is held), or was killed before it could record one."""
+    number, started = f"#{run.get('id', '?')}", f"started {_utc(run.get('started_at'))}"
+    if run.get("finished_at") is None:
+        going = {True: "running now", False: "killed before it could finish"}
+        return f"last run: {number} {started}, {going.get(running, 'still running (or killed)')}"
+    return (
+        f"last run: {number} {run.get('outcome')} (exit {run.get('exit_code')}), {started}, "
+        f"finished {_utc(run.get('finished_at'))}"
+    )
+
+
+def _utc(timestamp: object) -> str:
+    if not isinstance(timestamp, int | float):
+        return "?"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
