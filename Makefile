@@ -21,6 +21,8 @@ lint: install
 	$(BIN)/ruff format --check avatarbatch tests bench scripts
 	$(BIN)/mypy
 
+# The one thing installed outside .venv: Debian's chromium (apt, as root), because the gallery
+# is tested in a real browser; skipped when a chromium is already on PATH.
 test: lint
 	-@bash scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -q

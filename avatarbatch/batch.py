@@ -12,10 +12,9 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -23,12 +22,12 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from avatarbatch import outputs
+from avatarbatch import outputs, place, selection
 from avatarbatch.errors import ManifestError, UsageError
 from avatarbatch.limits import RateLimiter
 from avatarbatch.lock import state_lock
 from avatarbatch.manifest import Manifest
-from avatarbatch.plan import Plan, build_plan
+from avatarbatch.plan import PlannedJob, PlanStatus, build_plan
 from avatarbatch.poller import PollTiming
 from avatarbatch.preflight import Preflight, preflight
 from avatarbatch.report import summary_markdown, write_reports
@@ -58,6 +57,10 @@ class BatchOptions:
     poll: PollTiming = field(default_factory=PollTiming)
     job_timeout: float = 3600.0
     poll_batch: int | None = None  #: getResponse tasks per POST; None: the client's default
+    only: tuple[str, ...] = ()  #: run just these job ids (the rest stay as they are)
+    where: tuple[str, ...] = ()  #: run just the rows whose vars match each VAR=VALUE
+    #: asked with the estimate and job count before anything is paid; False stops the run
+    confirm: Callable[[Decimal, int], bool] | None = None
 
     def public(self) -> dict[str, Any]:
         """The options as stored in the state file and reports: no key, no secrets."""
@@ -71,6 +74,8 @@ class BatchOptions:
             "max_cost": str(self.max_cost) if self.max_cost is not None else None,
             "retry_failed": self.retry_failed,
             "poll_batch": self.poll_batch,
+            "only": list(self.only),
+            "where": list(self.where),
         }
 
 
@@ -80,7 +85,8 @@ class RunSummary:
     done: int
     failed: int
     pending: int
-    submitted: int
+    submitted: int  #: jobs that had a task accepted by this invocation
+    tasks_sent: int  #: tasks accepted by this invocation, retries included
     skipped: int
     cost_actual: float  #: everything billed through this state file (the ledger's sum)
     cost_this_run: float  #: billed for what this invocation submitted
@@ -95,15 +101,6 @@ class RunSummary:
         values = asdict(self)
         values.pop("report")
         return values
-
-
-def output_dir(manifest: Manifest, out: Path | None) -> Path:
-    """--out, else the manifest's output.dir, else out/<manifest name>/ in the working folder."""
-    return out or manifest.output_dir or Path("out") / manifest.path.stem
-
-
-def state_path(manifest: Manifest, out: Path | None, state: Path | None) -> Path:
-    return state or output_dir(manifest, out) / "state.sqlite"
 
 
 def checked(manifest_path: Path) -> Preflight:
@@ -125,19 +122,29 @@ async def run_batch(
     checked_manifest = checked(manifest_path)
     manifest = checked_manifest.manifest
     assert manifest is not None
-    out = output_dir(manifest, options.out)
-    path = state_path(manifest, options.out, options.state)
+    where = place.locate(
+        manifest, out=options.out, state=options.state, sandbox=options.sandbox is not None
+    )
+    out, path = where.out, where.state
+    selected = selection.select(manifest.jobs, only=options.only, where=options.where)
     if not path.exists():  # before a single byte is written: lock, state or videos folder
         outputs.refuse_foreign(out, None, path)
     _check_writable(out / outputs.VIDEOS)
     with state_lock(path), _signals_enabled(handle_signals) as on_signal:
         store = StateStore.open(path)
         try:
+            place.claim(store, where, manifest, _target(options))
             owners = outputs.take_over(store, out, path)
             overview: dict[str, JobOverview] | None = None
             try:
                 summary, overview = await _run_planned(
-                    checked_manifest, store, owners, out, path, options, hooks, on_signal, on_runner
+                    checked_manifest,
+                    store,
+                    owners,
+                    where,
+                    selected,
+                    options,
+                    _Wiring(hooks, on_signal, on_runner),
                 )
             finally:
                 # Written however the run ended; by now the plan is gone, which matters to
@@ -151,16 +158,23 @@ async def run_batch(
     return summary
 
 
+@dataclass(frozen=True)
+class _Wiring:
+    """How the caller follows and steers a run: test checkpoints, signals, the progress bar."""
+
+    hooks: Hooks | None
+    on_signal: list[Callable[[], None]]
+    on_runner: Callable[[Runner], None] | None
+
+
 async def _run_planned(
     checked_manifest: Preflight,
     store: StateStore,
     owners: dict[str, str | None],
-    out: Path,
-    path: Path,
+    where: place.Place,
+    selected: frozenset[str] | None,
     options: BatchOptions,
-    hooks: Hooks | None,
-    on_signal: list[Callable[[], None]],
-    on_runner: Callable[[Runner], None] | None,
+    wiring: _Wiring,
 ) -> tuple[RunSummary, dict[str, JobOverview]]:
     """Plan against the state file, register, run what is left, record the run's summary.
 
@@ -168,6 +182,7 @@ async def _run_planned(
     """
     manifest = checked_manifest.manifest
     assert manifest is not None
+    out = where.out
     # Everything that needs the recorded videos is worked out first, and let go before
     # planning: a 100,000-job batch must not hold both at once (peak memory).
     recorded = store.recorded_outputs()
@@ -177,12 +192,17 @@ async def _run_planned(
     renames = outputs.plan_renames(manifest.jobs, recorded, out)
     damage = outputs.damaged_videos(recorded, out)
     del recorded, owners
+    if selected is not None:
+        renames = [r for r in renames if r.job_id in selected]
+        damage.damaged = {k: v for k, v in damage.damaged.items() if k in selected}
     if damage.unchanged:
         store.seen_unchanged(damage.unchanged)
     plan = build_plan(manifest.jobs, checked_manifest.media, store.planning_view())
-    statuses = register_plan(store, plan)
+    chosen = [p for p in plan.jobs if selected is None or p.job.id in selected]
+    statuses = register_plan(store, chosen)
     outputs.apply_renames(renames, out, store)
     statuses |= _refetch_damaged(store, damage.damaged, statuses)
+    _confirm(options, chosen, statuses)
     run_id = store.start_run(
         manifest=str(manifest.path),
         manifest_sha256=manifest.sha256,
@@ -191,15 +211,15 @@ async def _run_planned(
     outcome = Outcome()
     try:
         # With nothing to do there is no sandbox, no connection, no request at all.
-        strays = store.stray_tasks(statuses)
+        strays = store.stray_tasks(job.id for job in manifest.jobs)
         if strays or _has_work(statuses, options.retry_failed):
             outcome = await _execute(
-                checked_manifest, plan, store, out, options, hooks, on_signal, on_runner, run_id
+                checked_manifest, chosen, selected, store, out, options, wiring, run_id
             )
     finally:
         overview = store.overview()
         spend = (store.spend(), store.spend(run_id))
-        summary = summarize(overview, plan, outcome, out, path, spend)
+        summary = summarize(overview, chosen, outcome, where, spend)
         store.finish_run(
             run_id,
             outcome=_outcome_word(summary.exit_code),
@@ -239,7 +259,7 @@ def _check_writable(folder: Path) -> None:
         ) from exc
 
 
-def register_plan(store: StateStore, plan: Plan) -> dict[str, JobStatus]:
+def register_plan(store: StateStore, planned: Iterable[PlannedJob]) -> dict[str, JobStatus]:
     """Bring the state file in line with the manifest (new and changed jobs) in one commit."""
     return store.ensure_jobs(
         JobSpec(
@@ -251,19 +271,34 @@ def register_plan(store: StateStore, plan: Plan) -> dict[str, JobStatus]:
             estimated_cost=None if p.estimated_cost is None else float(p.estimated_cost),
             vars=p.job.vars,
         )
-        for p in plan.jobs
+        for p in planned
     )
+
+
+def _confirm(
+    options: BatchOptions, chosen: list[PlannedJob], statuses: dict[str, JobStatus]
+) -> None:
+    """Ask the caller (a person at a terminal) before paying; a no stops before any request."""
+    if options.confirm is None or options.sandbox is not None:
+        return
+    # Only jobs with no task yet: tasks of an interrupted run were paid for by that run.
+    unpaid = {JobStatus.PENDING, JobStatus.UPLOADING}
+    if options.retry_failed:
+        unpaid.add(JobStatus.FAILED)
+    to_run = [p for p in chosen if statuses.get(p.job.id) in unpaid]
+    estimate = sum((p.estimated_cost or Decimal(0) for p in to_run), Decimal(0))
+    if to_run and not options.confirm(estimate, len(to_run)):
+        raise UsageError("not started: nothing was submitted or paid")
 
 
 async def _execute(
     checked_manifest: Preflight,
-    plan: Plan,
+    chosen: list[PlannedJob],
+    selected: frozenset[str] | None,
     store: StateStore,
     out: Path,
     options: BatchOptions,
-    hooks: Hooks | None,
-    on_signal: list[Callable[[], None]],
-    on_runner: Callable[[Runner], None] | None,
+    wiring: _Wiring,
     run_id: int,
 ) -> Outcome:
     run_options = RunOptions(
@@ -273,7 +308,9 @@ async def _execute(
         job_timeout=options.job_timeout,
         poll=options.poll,
     )
-    pending = [p.job for p in plan.jobs]
+    pending = [p.job for p in chosen]
+    manifest = checked_manifest.manifest
+    assert manifest is not None
     with _api(options, out) as settings:
         async with (
             make_http_client(options.concurrency + 4) as http,
@@ -282,12 +319,20 @@ async def _execute(
             gate = RateLimiter(options.rps)
             client = RunwareClient(http, settings, gate=gate, downloads=downloads)
             runner = Runner(
-                pending, checked_manifest.media, store, client, out, run_options, hooks, run_id
+                pending,
+                checked_manifest.media,
+                store,
+                client,
+                out,
+                run_options,
+                wiring.hooks,
+                run_id,
+                manifest_ids=None if selected is None else [job.id for job in manifest.jobs],
             )
-            runner.estimated_total = float(plan.totals.estimated_cost)
-            if on_runner is not None:
-                on_runner(runner)
-            on_signal.append(lambda: _interrupt(runner))
+            runner.estimated_total = float(_estimate(chosen))
+            if wiring.on_runner is not None:
+                wiring.on_runner(runner)
+            wiring.on_signal.append(lambda: _interrupt(runner))
             try:
                 return await runner.run()
             except asyncio.CancelledError:
@@ -321,6 +366,15 @@ def _interrupt(runner: Runner) -> None:
     runner.stop("interrupted; in-flight tasks are picked up by the next run")
 
 
+def _target(options: BatchOptions) -> str:
+    """Whom the state file's tasks are sent to: the sandbox, or the API URL."""
+    if options.sandbox is not None:
+        return place.SANDBOX_TARGET
+    if options.client is None:
+        raise ValueError("BatchOptions needs client settings or a sandbox")
+    return place.target_of(options.client.api_url)
+
+
 @contextlib.contextmanager
 def _api(options: BatchOptions, out: Path) -> Iterator[ClientSettings]:
     if options.sandbox is None:
@@ -329,22 +383,20 @@ def _api(options: BatchOptions, out: Path) -> Iterator[ClientSettings]:
         yield options.client
         return
     key = "sandbox-" + secrets.token_hex(8)
-    # Renders live in the output folder, not /tmp: a SIGKILLed run leaves nothing elsewhere,
-    # and the next run clears what it left. The sandbox forgets its tasks when it stops.
+    # The embedded sandbox keeps its tasks, uploads and renders with the rehearsal's state,
+    # so an interrupted rehearsal resumes the way a run against the real API does.
     storage = options.sandbox.storage_dir or out / outputs.SANDBOX_DIR
-    shutil.rmtree(storage, ignore_errors=True)
-    config = options.sandbox.model_copy(update={"api_key": key, "storage_dir": storage})
-    try:
-        with running_sandbox(config) as sandbox:
-            log.info("sandbox serving at %s", sandbox.api_url)
-            base = options.client or ClientSettings(api_key=SecretStr(key))
-            update: dict[str, Any] = {"api_url": sandbox.api_url, "api_key": SecretStr(key)}
-            if options.poll_batch is not None:
-                update["poll_batch_size"] = options.poll_batch
-            yield base.model_copy(update=update)
-    finally:
-        if options.sandbox.storage_dir is None:
-            shutil.rmtree(storage, ignore_errors=True)
+    persist = options.sandbox.storage_dir is None or options.sandbox.persist
+    config = options.sandbox.model_copy(
+        update={"api_key": key, "storage_dir": storage, "persist": persist}
+    )
+    with running_sandbox(config) as sandbox:
+        log.info("sandbox serving at %s", sandbox.api_url)
+        base = options.client or ClientSettings(api_key=SecretStr(key))
+        update: dict[str, Any] = {"api_url": sandbox.api_url, "api_key": SecretStr(key)}
+        if options.poll_batch is not None:
+            update["poll_batch_size"] = options.poll_batch
+        yield base.model_copy(update=update)
 
 
 @contextlib.contextmanager
@@ -412,20 +464,24 @@ def run_manifest(
     return asyncio.run(run_batch(Path(manifest), options))
 
 
+def _estimate(planned: Iterable[PlannedJob]) -> Decimal:
+    return sum((p.estimated_cost or Decimal(0) for p in planned), Decimal(0))
+
+
 def summarize(
     records: dict[str, JobOverview],
-    plan: Plan,
+    chosen: list[PlannedJob],
     outcome: Outcome,
-    out: Path,
-    path: Path,
+    where: place.Place,
     spend: tuple[float, float],
 ) -> RunSummary:
-    """The run's outcome; `spend` is the ledger's (lifetime, this run's) billed cost."""
-    ids = [p.job.id for p in plan.jobs]
+    """The run's outcome over the jobs it was given; `spend` is the ledger's (lifetime, this
+    run's) billed cost."""
+    ids = [p.job.id for p in chosen]
     done = sum(1 for i in ids if records[i].status is JobStatus.DONE)
     failed = sum(1 for i in ids if records[i].status is JobStatus.FAILED)
     pending = len(ids) - done - failed
-    skipped = sum(1 for p in plan.jobs if p.status.value == "done")
+    skipped = sum(1 for p in chosen if p.status is PlanStatus.DONE)
     remaining = [
         records[i] for i in ids if records[i].status not in (JobStatus.DONE, JobStatus.FAILED)
     ]
@@ -445,7 +501,7 @@ def summarize(
         )
     elif failed or pending:
         code = EXIT_FAILED
-        message = f"{failed} failed, {pending} unfinished; --retry-failed reruns the failed ones"
+        message = _unfinished_message(failed, pending, outcome.left_by)
     else:
         code, message = EXIT_OK, "every job done"
     return RunSummary(
@@ -453,16 +509,28 @@ def summarize(
         done=done,
         failed=failed,
         pending=pending,
-        submitted=outcome.submitted,
+        submitted=len(outcome.submitted_jobs),
+        tasks_sent=outcome.tasks_sent,
         skipped=skipped,
         cost_actual=round(spend[0], 5),
         cost_this_run=round(spend[1], 5),
-        cost_estimated=float(plan.totals.estimated_cost),
+        cost_estimated=float(_estimate(chosen)),
         exit_code=code,
         message=message,
-        output_dir=str(out),
-        state_file=str(path),
+        output_dir=str(where.out.absolute()),
+        state_file=str(where.state.absolute()),
     )
+
+
+def _unfinished_message(failed: int, pending: int, left_by: str | None) -> str:
+    """What is left, and the command that deals with each part of it."""
+    parts = []
+    if failed:
+        parts.append(f"{failed} failed (--retry-failed runs them again)")
+    if pending:
+        why = f" after: {left_by}" if left_by else ""
+        parts.append(f"{pending} unfinished{why} (run the same command again to resume)")
+    return "; ".join(parts)
 
 
 def _outcome_word(code: int) -> str:

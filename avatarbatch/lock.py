@@ -81,3 +81,21 @@ def _held_message(state_path: Path, fd: int) -> str:
     return (
         f"another avatarbatch run is using {state_path}{holder}; wait for it to finish, or stop it"
     )
+
+
+def held(state_path: Path) -> bool:
+    """Whether a run holds the state file's lock right now (for `status`); takes nothing."""
+    path = lock_path(Path(state_path).resolve())
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

@@ -89,10 +89,10 @@ class Plan:
         """The JSON shape of `avatarbatch plan --json`."""
         return {"jobs": list(self.job_dicts()), "totals": self.totals_dict()}
 
-    def json_text(self) -> Iterator[str]:
-        """`as_dict()` as JSON text, in pieces, one job per line."""
+    def json_text(self, **fields: Any) -> Iterator[str]:
+        """`as_dict()` (and `fields`, e.g. the exit code) as JSON text, one job per line."""
         return json_with_item_lines(
-            {"jobs": None, "totals": self.totals_dict()}, "jobs", self.job_dicts()
+            {"jobs": None, "totals": self.totals_dict(), **fields}, "jobs", self.job_dicts()
         )
 
     def job_dicts(self) -> Iterator[dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from avatarbatch.diagnostics import plural
 from avatarbatch.gallery import PAGES_DIR, gallery_pages, page_paths
 from avatarbatch.jsonlines import json_with_item_lines
 from avatarbatch.manifest import Job, Manifest
@@ -282,7 +283,7 @@ def summary_markdown(data: ReportData) -> str:
     if estimated:
         lines += [
             "",
-            f"{len(estimated)} job(s) got no usable cost from the API; their estimate is "
+            f"{plural(len(estimated), 'job')} got no usable cost from the API; their estimate is "
             f"counted instead: {', '.join(estimated[:10])}{' ...' * (len(estimated) > 10)}",
         ]
     mismatches = [j for j in data.jobs if j.cost_mismatch]

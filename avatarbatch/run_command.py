@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 
@@ -45,6 +45,9 @@ def options(
     sandbox_profile: str = "default",
     poll_batch: int | None = None,
     not_found_grace: float = NOT_FOUND_GRACE,
+    only: tuple[str, ...] = (),
+    where: tuple[str, ...] = (),
+    confirm: Callable[[Decimal, int], bool] | None = None,
 ) -> BatchOptions:
     """BatchOptions from command-line values; the sandbox is used only when asked for.
 
@@ -61,6 +64,7 @@ def options(
             seed=sandbox_seed,
             workers=max(4, concurrency),
             profile=sandbox_profile,
+            option_prefix="--sandbox-",
         )
     else:
         client = client_settings(environ, read_dotenv(Path(".env")), api_url=api_url)
@@ -79,12 +83,24 @@ def options(
         retry_failed=retry_failed,
         poll_batch=poll_batch,
         poll=PollTiming(not_found_grace=not_found_grace),
+        only=only,
+        where=where,
+        confirm=confirm,
     )
 
 
-def execute(manifest: Path, run_options: BatchOptions, *, tty: bool) -> RunSummary:
+def execute(
+    manifest: Path,
+    run_options: BatchOptions,
+    *,
+    tty: bool,
+    quiet: bool = False,
+    verbose: bool = False,
+) -> RunSummary:
     """Run with log lines (and a live bar on a terminal); returns the summary."""
-    console = progress.configure_logging(tty=tty)
+    console = progress.configure_logging(tty=tty, verbose=verbose)
+    if quiet:
+        logging.getLogger("avatarbatch").setLevel(logging.WARNING)
     client = run_options.client
     single = run_options.poll_batch == CHECKED_SINGLE_POLLS and client is not None
     if single and client is not None and check.refused_batches(os.environ, client.api_url):

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 import uuid as uuidlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -103,12 +103,14 @@ class Stopped(Exception):
 class Outcome:
     """What this invocation did, for the summary and the exit code."""
 
-    submitted: int = 0
+    submitted_jobs: set[str] = field(default_factory=set)  #: jobs with a task accepted
+    tasks_sent: int = 0  #: tasks accepted, retries of a job included
     fatal: ApiError | None = None  #: an auth or credit failure that stopped the run
     budget_stopped: bool = False
     interrupted: bool = False
     timed_out: list[str] = field(default_factory=list)
     local_error: str | None = None  #: a local failure (disk full...) that stopped the run
+    left_by: str | None = None  #: the API error that left jobs for the next run, if any
 
 
 class Runner:
@@ -122,8 +124,13 @@ class Runner:
         options: RunOptions,
         hooks: Hooks | None = None,
         run_id: int | None = None,
+        *,
+        manifest_ids: Iterable[str] | None = None,
     ) -> None:
         self.jobs = {job.id: job for job in jobs}
+        #: every job of the manifest, when this run works on a subset: a task of a job outside
+        #: the subset is that job's, not a stray to settle
+        self.manifest_ids = list(manifest_ids) if manifest_ids is not None else list(self.jobs)
         self.estimated_total = 0.0  #: for progress displays: the plan's estimate of every job
         self.media = media
         self.state = state
@@ -169,7 +176,7 @@ class Runner:
 
     async def run(self) -> Outcome:
         todo = self.todo()
-        strays = self.state.stray_tasks(self.jobs)
+        strays = self.state.stray_tasks(self.manifest_ids)
         if not todo and not strays:
             return self.outcome
         queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -223,6 +230,7 @@ class Runner:
                 # check of an earlier submission): the job stays where the state file says and
                 # the next run carries on from there. Escaping, it ended every job's driver.
                 status = self._record(job.id).status
+                self.outcome.left_by = str(exc)
                 log.warning("job %s: %s; left %s for the next run", job.id, exc, status)
 
     # --- one job ------------------------------------------------------------------------------
@@ -405,7 +413,8 @@ class Runner:
                 raise Stopped("resend refused") from exc
             self._fail(job, exc, *refused)
             raise Stopped("rejected") from exc
-        self.outcome.submitted += 1
+        self.outcome.tasks_sent += 1
+        self.outcome.submitted_jobs.add(job.id)
         await self.hooks.checkpoint("submit:sent", job.id)
         record = self._transition(
             job, JobStatus.PROCESSING, tasks=[TaskEntry(task_uuid, TaskStatus.ACCEPTED)]

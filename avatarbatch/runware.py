@@ -19,6 +19,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -508,7 +509,9 @@ class RunwareClient:
             ) from exc
         except httpx.TransportError as exc:
             raise TransientError(
-                f"connection to Runware failed ({kinds}): {type(exc).__name__}", code="connection"
+                f"cannot reach Runware at {_host(self._settings.api_url)} ({kinds}): "
+                f"{_transport_cause(exc)}",
+                code="connection",
             ) from exc
         status = response.status_code
         retry_after = apierrors.parse_retry_after(response.headers.get("retry-after"))
@@ -925,3 +928,21 @@ def _add_item(state: TaskState, item: dict[str, Any], seen_videos: set[str]) -> 
 
 def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _host(url: str) -> str:
+    """host:port of a URL, never its user, password, path or query."""
+    parts = httpx.URL(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.host if parts.port in (None, default) else f"{parts.host}:{parts.port}"
+
+
+def _transport_cause(exc: httpx.TransportError) -> str:
+    """What the network said (`[Errno 111] Connection refused`), else the failure's kind."""
+    cause: BaseException | None = exc
+    while cause is not None:  # httpx wraps the OSError that names the reason
+        if isinstance(cause, OSError) and (cause.errno or cause.strerror):
+            return os.strerror(cause.errno) if cause.errno else str(cause.strerror)
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

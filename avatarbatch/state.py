@@ -1007,6 +1007,27 @@ class StateStore:
         with self._transaction() as db:
             db.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
 
+    def holds_results(self) -> bool:
+        """Whether a task was ever sent or a job got past `pending`: what a state file would
+        strand if it changed hands to another API target."""
+        row = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM tasks) OR EXISTS "
+            "(SELECT 1 FROM jobs WHERE status NOT IN ('pending', 'uploading'))"
+        ).fetchone()
+        return bool(row[0])
+
+    def open_tasks(self) -> int:
+        """Tasks sent and not settled yet: only the endpoint that took them can answer."""
+        statuses = ", ".join(f"'{status}'" for status in OPEN_TASK_STATUSES)
+        query = f"SELECT count(*) FROM tasks WHERE status IN ({statuses})"  # noqa: S608
+        row = self._db.execute(query).fetchone()
+        return int(row[0])
+
+    def forget_uploads(self) -> None:
+        """Drop the upload cache: its UUIDs name media at another target."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM uploads")
+
     # -- meta ---------------------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:

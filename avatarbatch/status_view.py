@@ -5,21 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from avatarbatch import batch, outputs
+from avatarbatch import lock, outputs, place
 from avatarbatch.errors import UsageError
-from avatarbatch.manifest import load_manifest
-from avatarbatch.plan import DAMAGED, StoredJob
+from avatarbatch.manifest import Manifest, load_manifest
+from avatarbatch.plan import DAMAGED, Plan, StoredJob, build_plan
+from avatarbatch.preflight import Preflight
 from avatarbatch.report import summary_markdown, write_reports
 from avatarbatch.state import JobStatus, StateStore
 
 
-def stored_jobs(path: Path, out: Path | None, default_out: Path) -> dict[str, StoredJob]:
+def plan_of(
+    checked: Preflight, *, out: Path | None, state: Path | None, sandbox: bool = False
+) -> Plan:
+    """What a run would do now, read from the state file (if any); no API call."""
+    manifest = checked.manifest
+    assert manifest is not None
+    where = place.locate(manifest, out=out, state=state, sandbox=sandbox)
+    stored = stored_jobs(where, manifest, out) if where.state.exists() else {}
+    return build_plan(manifest.jobs, checked.media, stored)
+
+
+def stored_jobs(where: place.Place, manifest: Manifest, out: Path | None) -> dict[str, StoredJob]:
     """What `plan` needs of the state file; done jobs whose video in the output folder is
     missing or changed are marked DAMAGED (the next run fetches them again, at no cost)."""
-    store = StateStore.open(path)
+    store = StateStore.open(where.state)
     try:
+        place.check_manifest(store, where, manifest)
         stored = store.planning_view()
-        folder = out or outputs.folder_of(store, default_out)
+        folder = out or outputs.folder_of(store, where.out)
         damaged = outputs.damaged_videos(store.recorded_outputs(), folder).damaged
     finally:
         store.close()
@@ -28,19 +41,30 @@ def stored_jobs(path: Path, out: Path | None, default_out: Path) -> dict[str, St
     return stored
 
 
-def load(manifest: Path | None, *, state: Path | None, out: Path | None) -> dict[str, Any]:
+def located(
+    manifest: Path, *, state: Path | None, out: Path | None, sandbox: bool
+) -> tuple[Manifest, place.Place]:
+    """The manifest and where its batch lives (the rehearsal's folder when `sandbox`)."""
+    loaded = load_manifest(manifest)
+    return loaded, place.locate(loaded, out=out, state=state, sandbox=sandbox)
+
+
+def load(
+    manifest: Path | None, *, state: Path | None, out: Path | None, sandbox: bool = False
+) -> dict[str, Any]:
     """Jobs by state, failures, spend and the last run, as one JSON-ready mapping."""
     default_out = None
-    if state is None:
-        if manifest is None:
-            raise UsageError("give a MANIFEST or --state FILE")
-        loaded = load_manifest(manifest)
-        state = batch.state_path(loaded, out, None)
-        default_out = batch.output_dir(loaded, out)
+    if manifest is not None:
+        loaded, where = located(manifest, state=state, out=out, sandbox=sandbox)
+        state, default_out = where.state, where.out
+    elif state is None:
+        raise UsageError("give a MANIFEST or --state FILE")
     if not state.exists():
         raise UsageError(f"no state file at {state}: nothing has run yet")
     store = StateStore.open(state)
     try:
+        if manifest is not None:
+            place.check_manifest(store, where, loaded)
         jobs = store.jobs()
         runs = store.runs()
         return {
@@ -59,26 +83,30 @@ def load(manifest: Path | None, *, state: Path | None, out: Path | None) -> dict
                 if j.status is JobStatus.FAILED
             ],
             "last_run": runs[-1] if runs else None,
+            "running": lock.held(state),
+            "target": place.recorded_target(store),
         }
     finally:
         store.close()
 
 
 def rewrite_reports(
-    manifest: Path | None, *, state: Path | None, out: Path | None
+    manifest: Path | None, *, state: Path | None, out: Path | None, sandbox: bool = False
 ) -> tuple[str, Path]:
     """Rewrite the report files from the state file; returns the summary and the folder."""
     if manifest is None:
         if state is None:
             raise UsageError("give a MANIFEST or --state FILE")
         manifest = _last_manifest(state)
-    loaded = load_manifest(manifest)
-    default_out = state.parent if state is not None else batch.output_dir(loaded, None)
-    state = state or batch.state_path(loaded, out, None)
+    explicit_state = state
+    loaded, where = located(manifest, state=state, out=out, sandbox=sandbox)
+    state = where.state
+    default_out = explicit_state.parent if explicit_state is not None else where.out
     if not state.exists():
         raise UsageError(f"no state file at {state}: nothing has run yet")
     store = StateStore.open(state)
     try:
+        place.check_manifest(store, where, loaded)
         folder = out or outputs.folder_of(store, default_out)
         outputs.take_over(store, folder, state, write=False)
         data = write_reports(loaded, store, folder)

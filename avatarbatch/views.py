@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from avatarbatch import catalog
-from avatarbatch.diagnostics import Problem, Problems
+from avatarbatch.diagnostics import Problem, Problems, plural
 from avatarbatch.plan import Plan, PlannedJob, PlanStatus, Totals
 from avatarbatch.progress import stage_label
 from avatarbatch.reportdata import money
@@ -115,7 +115,8 @@ def _summary_line(plan: Plan, source: str) -> str:
     refetch = sum(1 for p in plan.jobs if p.status is PlanStatus.REFETCH)
     if refetch:
         text += (
-            f"; {refetch} done job(s) whose video is missing or changed are downloaded again "
+            f"; {plural(refetch, 'done job')} whose video is missing or changed "
+            f"{'is' if refetch == 1 else 'are'} downloaded again "
             "from their result URLs, at no cost (an expired URL fails the job: --retry-failed "
             "then renders it again, which is billed again)"
         )
@@ -126,7 +127,7 @@ def run_summary(summary: RunSummary) -> str:
     """The closing lines of `run`: the report's summary, the outcome, where everything is."""
     return (
         f"{summary.report.rstrip()}\n\n"
-        f"{summary.jobs} jobs: {summary.done} done, {summary.failed} failed, "
+        f"{plural(summary.jobs, 'job')}: {summary.done} done, {summary.failed} failed, "
         f"{summary.pending} unfinished ({summary.submitted} submitted now, {summary.skipped} "
         f"already done); cost this run {money(summary.cost_this_run)}, "
         f"{money(summary.cost_actual)} in all through this state file "
@@ -168,8 +169,11 @@ def last_run_line(run: Mapping[str, Any], *, running: bool | None = None) -> str
     still going (`running`: its lock is held), or was killed before it could record one."""
     number, started = f"#{run.get('id', '?')}", f"started {_utc(run.get('started_at'))}"
     if run.get("finished_at") is None:
-        going = {True: "running now", False: "killed before it could finish"}
-        return f"last run: {number} {started}, {going.get(running, 'still running (or killed)')}"
+        if running is None:
+            going = "still running (or killed)"
+        else:
+            going = "running now" if running else "killed before it could finish"
+        return f"last run: {number} {started}, {going}"
     return (
         f"last run: {number} {run.get('outcome')} (exit {run.get('exit_code')}), {started}, "
         f"finished {_utc(run.get('finished_at'))}"

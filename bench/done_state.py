@@ -16,7 +16,8 @@ import time
 import uuid
 from pathlib import Path
 
-from avatarbatch.batch import checked, register_plan, state_path
+from avatarbatch.batch import checked, register_plan
+from avatarbatch.place import STATE_NAME
 from avatarbatch.plan import build_plan
 from avatarbatch.state import JobStatus, StateStore
 
@@ -26,10 +27,10 @@ def mark_all_done(manifest_path: Path, out: Path) -> Path:
     preflight = checked(manifest_path)
     manifest = preflight.manifest
     assert manifest is not None
-    path = state_path(manifest, out, None)
+    path = out / STATE_NAME
     plan = build_plan(manifest.jobs, preflight.media, {})
     with StateStore.open(path) as store:
-        register_plan(store, plan)
+        register_plan(store, plan.jobs)
     now = time.time()
     videos = out / "videos"
     videos.mkdir(parents=True, exist_ok=True)

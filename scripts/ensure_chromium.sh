@@ -13,6 +13,8 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         "(apt-get install chromium); the gallery browser test will be skipped." >&2
     exit 0
 fi
+echo "ensure_chromium: installing Debian's chromium package system-wide with apt-get, for the" \
+    "gallery's browser test (once; skipped whenever a chromium is on PATH)" >&2
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 if apt-get update -qq >"$log" 2>&1 \

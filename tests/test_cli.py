@@ -43,7 +43,9 @@ def test_validate_json_lists_problem_objects(write: Write, media: Path) -> None:
     path = write("m.yaml", "jobs:\n  - {id: a, portrait: media/face.png, audio: media/nope.wav}\n")
     result = runner.invoke(app, ["validate", "--json", str(path)])
     assert result.exit_code == 2
-    assert json.loads(result.output) == [
+    answer = json.loads(result.output)
+    assert (answer["exit_code"], answer["valid"], answer["jobs"]) == (2, False, 1)
+    assert answer["problems"] == [
         {
             "severity": "warning",
             "file": "m.yaml",
@@ -63,9 +65,10 @@ def test_validate_json_lists_problem_objects(write: Write, media: Path) -> None:
     ]
 
 
-def test_validate_json_of_a_valid_manifest_is_an_empty_list(demo_copy: Path) -> None:
+def test_validate_json_of_a_valid_manifest_lists_no_problem(demo_copy: Path) -> None:
     result = runner.invoke(app, ["validate", "--json", str(demo_copy / "demo.yaml")])
-    assert result.exit_code == 0 and json.loads(result.output) == []
+    answer = {"exit_code": 0, "valid": True, "jobs": 7, "problems": []}
+    assert result.exit_code == 0 and json.loads(result.output) == answer
 
 
 def test_plan_prints_jobs_and_totals(demo_copy: Path) -> None:
@@ -86,7 +89,7 @@ def test_plan_prints_jobs_and_totals(demo_copy: Path) -> None:
     ]
     assert lines[1].split()[:3] == ["host-en", "new", "standard"]
     assert "Totals by model" in result.output and "Totals by lang" in result.output
-    assert lines[-1].startswith("manifests/demo.yaml: 7 jobs, 40.8 s of audio, estimated $2.0290")
+    assert lines[-1].startswith("manifests/demo.yaml: 7 jobs, 40.8 s of audio, estimated $2.02898")
 
 
 def test_plan_json_has_the_documented_shape(demo_copy: Path) -> None:

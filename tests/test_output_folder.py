@@ -258,7 +258,7 @@ def test_deleted_truncated_or_edited_videos_are_fetched_again_for_free(
     assert statuses == {"a": "refetch", "b": "refetch", "c": "done"}
     assert json.loads(planned.stdout)["totals"]["to_run"]["jobs"] == 0  # nothing to pay for
     text = cli(["plan", str(manifest), "--out", str(out)])
-    assert "2 done job(s) whose video is missing or changed" in text.stdout
+    assert "2 done jobs whose video is missing or changed" in text.stdout
 
     assert succeeded(run(manifest, out, sandbox))["done"] == 3
     for job in ("a", "b"):
@@ -368,7 +368,7 @@ def test_stale_partial_files_are_removed_by_the_next_run(
     assert leftovers(out) == []
 
 
-def test_the_embedded_sandbox_leaves_nothing_behind(
+def test_the_embedded_sandbox_keeps_its_store_with_the_rehearsal_and_nothing_elsewhere(
     media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     private_tmp = tmp_path / "tmp"
@@ -382,7 +382,7 @@ def test_the_embedded_sandbox_leaves_nothing_behind(
     args += ["--sandbox-latency", "0", "--sandbox-render", "stub"]
     result = runner.invoke(app, args)
     assert succeeded(result)["done"] == 1
-    assert not (out / ".sandbox").exists()
+    assert (out / ".sandbox").is_dir()  # its tasks, for the next rehearsal to resume
     assert set(Path(tempfile.gettempdir()).glob("avatarbatch-sandbox-*")) == before
     assert list(private_tmp.iterdir()) == []
     verify_video(out / "videos" / "a.mp4", output_format="MP4", expected_seconds=3.0)

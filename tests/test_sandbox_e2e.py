@@ -140,7 +140,9 @@ async def test_a_dropped_answer_is_a_transient_error() -> None:
     config = SandboxConfig(render="stub", faults=FaultSpec.parse("reset=1"))
     with running_sandbox(config) as sandbox:
         async with httpx.AsyncClient(timeout=30) as http:
-            with pytest.raises(TransientError, match="connection to Runware failed"):
+            with pytest.raises(
+                TransientError, match=r"cannot reach Runware at 127\.0\.0\.1:\d+ \(imageUpload\): "
+            ):
                 await client_for(sandbox, http, max_attempts=1).upload_image(
                     PORTRAIT, "image/png", new_uuid()
                 )
