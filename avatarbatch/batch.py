@@ -127,13 +127,18 @@ async def run_batch(
     )
     out, path = where.out, where.state
     selected = selection.select(manifest.jobs, only=options.only, where=options.where)
-    if not path.exists():  # before a single byte is written: lock, state or videos folder
+    fresh = not path.exists()
+    if fresh:  # before a single byte is written: lock, state or videos folder
         outputs.refuse_foreign(out, None, path)
-    _check_writable(out / outputs.VIDEOS)
+        _check_writable(out / outputs.VIDEOS)
     with state_lock(path), _signals_enabled(handle_signals) as on_signal:
         store = StateStore.open(path)
         try:
+            # An existing state may belong to another target or manifest: that refusal
+            # comes before anything (even the videos folder) is made.
             place.claim(store, where, manifest, _target(options))
+            if not fresh:
+                _check_writable(out / outputs.VIDEOS)
             owners = outputs.take_over(store, out, path)
             overview: dict[str, JobOverview] | None = None
             try:

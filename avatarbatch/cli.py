@@ -325,9 +325,13 @@ def run(
     raise typer.Exit(summary.exit_code)
 
 
+def _at_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
 def _asker(threshold: float) -> Callable[[Decimal, int], bool] | None:
     """A question for a person at a terminal; None (never ask) when nobody is there."""
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+    if not _at_terminal():
         return None
 
     def ask(estimate: Decimal, jobs: int) -> bool:

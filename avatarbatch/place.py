@@ -32,6 +32,7 @@ STATE_NAME = "state.sqlite"
 REHEARSAL_DIR = "sandbox"  #: rehearsals live in this folder inside the real output folder
 SANDBOX_TARGET = "sandbox"
 TARGET_KEY = "target"  #: meta: "sandbox", or the API URL the state's tasks were sent to
+DEFAULT_PORTS = {"http": 80, "https": 443}
 MANIFEST_KEY = "manifest"  #: meta: the manifest, relative to the state file's folder
 
 
@@ -74,10 +75,13 @@ def _legacy(manifest: Manifest, place: Place, *, sandbox: bool) -> Place | None:
     store = StateStore.open(old_state)
     try:
         target = recorded_target(store)
+        other = _recorded_manifest(store, old_state)
     finally:
         store.close()
     if (target == SANDBOX_TARGET) != sandbox:
         return None
+    if other is not None and other != manifest.path.resolve() and other.exists():
+        return None  # another manifest's batch that happens to share the name
     log.warning(
         "using the state file at the old default place %s (the default is now %s, beside the "
         "manifest); move the folder there, or keep passing --out %s",
@@ -93,8 +97,11 @@ def target_of(api_url: str | None) -> str:
     if api_url is None:
         return SANDBOX_TARGET
     parts = urlsplit(api_url.strip())
-    path = parts.path.rstrip("/")
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{path}"
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = parts.port if parts.port not in (None, DEFAULT_PORTS.get(scheme)) else None
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{port}" if port is not None else ""
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def recorded_target(store: StateStore) -> str | None:

@@ -105,7 +105,12 @@ def execute(
     single = run_options.poll_batch == CHECKED_SINGLE_POLLS and client is not None
     if single and client is not None and check.refused_batches(os.environ, client.api_url):
         log.info("a fresh `avatarbatch check` found batched polls refused: one task each")
-    return asyncio.run(_with_progress(manifest, run_options, console))
+    try:
+        return asyncio.run(_with_progress(manifest, run_options, console))
+    finally:
+        # Handlers hold this invocation's stream; a caller that goes on (tests, a REPL) must
+        # not log into it once it is closed.
+        logging.getLogger("avatarbatch").handlers.clear()
 
 
 async def _with_progress(manifest: Path, run_options: BatchOptions, console: object) -> RunSummary:

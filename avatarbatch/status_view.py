@@ -60,7 +60,7 @@ def load(
     elif state is None:
         raise UsageError("give a MANIFEST or --state FILE")
     if not state.exists():
-        raise UsageError(f"no state file at {state}: nothing has run yet")
+        raise UsageError(_nothing_ran(state))
     store = StateStore.open(state)
     try:
         if manifest is not None:
@@ -103,7 +103,7 @@ def rewrite_reports(
     state = where.state
     default_out = explicit_state.parent if explicit_state is not None else where.out
     if not state.exists():
-        raise UsageError(f"no state file at {state}: nothing has run yet")
+        raise UsageError(_nothing_ran(state))
     store = StateStore.open(state)
     try:
         place.check_manifest(store, where, loaded)
@@ -115,9 +115,18 @@ def rewrite_reports(
     return summary_markdown(data), folder
 
 
+def _nothing_ran(state: Path) -> str:
+    """No state file here; a rehearsal's, one folder in, is worth pointing at."""
+    rehearsal = state.parent / place.REHEARSAL_DIR / place.STATE_NAME
+    hint = (
+        f" (a sandbox rehearsal's is at {rehearsal}: add --sandbox)" if rehearsal.exists() else ""
+    )
+    return f"no state file at {state}: nothing has run yet{hint}"
+
+
 def _last_manifest(state: Path) -> Path:
     if not state.exists():
-        raise UsageError(f"no state file at {state}: nothing has run yet")
+        raise UsageError(_nothing_ran(state))
     store = StateStore.open(state)
     try:
         runs = store.runs()

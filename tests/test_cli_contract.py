@@ -362,3 +362,87 @@ def test_init_tip_names_the_folder_it_wrote(tmp_path: Path) -> None:
     result = runner.invoke(app, ["init", "initdir"])
     assert result.exit_code == 0
     assert "put your portrait and voices in initdir/media/" in result.output
+
+
+def test_status_without_sandbox_points_at_the_rehearsal(write: Any, media: Path) -> None:
+    manifest = write("m.yaml", THREE_LANGS)
+    rehearsal = runner.invoke(
+        app, ["run", str(manifest), "--sandbox", "--sandbox-render", "stub", "--json"]
+    )
+    assert last_json(rehearsal)["exit_code"] == 0, rehearsal.output
+    result = runner.invoke(app, ["status", str(manifest), "--json"])
+    answer = last_json(result)
+    assert (result.exit_code, answer["exit_code"]) == (2, 2)
+    assert answer["error"].endswith("out/m/sandbox/state.sqlite: add --sandbox)")
+    assert (
+        json.loads(runner.invoke(app, ["status", str(manifest), "--sandbox", "--json"]).stdout)[
+            "target"
+        ]
+        == "sandbox"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "answer", "asked", "code"),
+    [
+        ([], "n\n", True, 2),
+        ([], "y\n", True, 0),
+        (["--yes"], "", False, 0),
+        (["--confirm-above", "100"], "", False, 0),
+    ],
+)
+def test_a_person_at_a_terminal_is_asked_once_above_the_threshold(
+    write: Any,
+    media: Path,
+    stand_in: RunningSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    answer: str,
+    asked: bool,
+    code: int,
+) -> None:
+    from avatarbatch import cli
+
+    monkeypatch.setattr(cli, "_at_terminal", lambda: True)
+    manifest = write("m.yaml", THREE_LANGS)
+    args = ["run", str(manifest), "--rps", "100", "--confirm-above", "0.1", *extra]
+    result = runner.invoke(
+        app,
+        args,
+        input=answer,
+        env={"RUNWARE_API_KEY": "k-test", "RUNWARE_API_URL": stand_in.api_url},
+    )
+    assert result.exit_code == code, result.output
+    question = "3 jobs to submit, estimated $0.44000 (above --confirm-above $0.1). Run them?"
+    assert (question in result.output) is asked
+    assert len(stand_in.ledger()["tasks"]) == (3 if code == 0 else 0)
+
+
+def test_quiet_keeps_warnings_only_and_verbose_adds_debug(
+    write: Any, media: Path, stand_in: RunningSandbox
+) -> None:
+    manifest = write("m.yaml", THREE_LANGS)
+    quiet = real(["run", str(manifest), "--rps", "100", "--quiet"], stand_in)
+    assert quiet.exit_code == 0 and " INFO " not in quiet.stderr
+    manifest.write_text(THREE_LANGS.replace("a-en", "a-en2"))
+    loud = real(["run", str(manifest), "--rps", "100", "--verbose"], stand_in)
+    assert loud.exit_code == 0 and " INFO " in loud.stderr
+
+
+def test_the_browser_install_is_skipped_when_chromium_is_there(tmp_path: Path) -> None:
+    import subprocess
+
+    script = Path(__file__).parent.parent / "scripts" / "ensure_chromium.sh"
+    fake = tmp_path / "bin" / "chromium"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(script)],
+        env={"PATH": f"{fake.parent}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
