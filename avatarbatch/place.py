@@ -43,6 +43,7 @@ class Place:
     out: Path
     state: Path
     explicit_state: bool  #: --state given: the user chose this file knowingly
+    explicit_out: bool = False  #: --out given
     legacy: bool = False  #: found at the old, working-directory-relative default
 
 
@@ -57,7 +58,12 @@ def locate(
 ) -> Place:
     """Where this batch's videos and state are (for a rehearsal when `sandbox`)."""
     folder = out or default_out(manifest, sandbox=sandbox)
-    place = Place(folder, state or folder / STATE_NAME, explicit_state=state is not None)
+    place = Place(
+        folder,
+        state or folder / STATE_NAME,
+        explicit_state=state is not None,
+        explicit_out=out is not None,
+    )
     if out is None and state is None and manifest.output_dir is None:
         return _legacy(manifest, place, sandbox=sandbox) or place
     return place
@@ -186,6 +192,13 @@ def _shown(target: str) -> str:
 
 def _target_refusal(place: Place, owner: str, target: str, open_tasks: int) -> str:
     where = f"{place.state}"
+    if owner == SANDBOX_TARGET and not (place.explicit_out or place.explicit_state):
+        return (
+            f"{where} holds a sandbox rehearsal made before rehearsals got a folder of their "
+            f"own, where a real run now keeps its state: move that folder's contents into "
+            f"{place.out / REHEARSAL_DIR} (or delete them), or give the real run another "
+            "folder with --out"
+        )
     if owner == SANDBOX_TARGET:
         return (
             f"{where} holds a sandbox rehearsal: its videos are not real results. A real run "

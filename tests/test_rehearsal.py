@@ -530,3 +530,17 @@ def test_an_interrupted_rehearsal_resumes_and_bills_each_job_once(
     assert sorted(results) == sorted((row["task_uuid"], "success") for row in ledger)
     for job_id in JOBS:
         assert (folder / "videos" / f"{job_id}.mp4").is_file()
+
+
+def test_a_rehearsal_from_before_in_the_real_folder_is_explained(
+    api: RunningSandbox, project: Path
+) -> None:
+    """Rehearsals used to share `out/<name>/` with real runs: such a state is not delivered as
+    the real result, and the message says where it should go."""
+    manifest = project / "m.yaml"
+    folder = default_folder(project)
+    succeeded(rehearse(manifest, "--out", str(folder)))
+    error = refused(real(manifest, api), folder / "state.sqlite")
+    assert "made before rehearsals got a folder of their own" in error
+    assert str(folder / "sandbox") in error
+    assert api.ledger()["tasks"] == []
