@@ -25,7 +25,7 @@ lint: install
 # is tested in a real browser; skipped when a chromium is already on PATH.
 test: lint
 	-@bash scripts/ensure_chromium.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 demo: install
 	$(BIN)/avatarbatch validate manifests/demo.yaml
