@@ -20,6 +20,7 @@ lint: install
 	$(BIN)/ruff check avatarbatch tests bench scripts
 	$(BIN)/ruff format --check avatarbatch tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # The one thing installed outside .venv: Debian's chromium (apt, as root), because the gallery
 # is tested in a real browser; skipped when a chromium is already on PATH.

@@ -1,5 +1,5 @@
 """`python -m avatarbatch` runs the command line."""
 
-from avatarbatch.cli import main
+from avatarbatch.cli.commands import main
 
 main()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from avatarbatch.redact import scrub
 
 if TYPE_CHECKING:
-    from avatarbatch.diagnostics import Problem
+    from avatarbatch.manifest.problems import Problem
 
 
 class AvatarBatchError(Exception):

@@ -17,8 +17,8 @@ from enum import StrEnum
 from typing import Any
 
 from avatarbatch.jsonlines import json_with_item_lines
-from avatarbatch.manifest import Job
-from avatarbatch.media import MediaInfo, MediaRef
+from avatarbatch.manifest.document import Job
+from avatarbatch.manifest.media import MediaInfo, MediaRef
 
 
 class PlanStatus(StrEnum):

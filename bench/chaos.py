@@ -33,11 +33,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_manifest import write_manifest
 
+from avatarbatch.engine.verify import VideoCheckError, verify_video
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from avatarbatch.state import JobRecord, JobStatus, StateStore
-from avatarbatch.verify import VideoCheckError, verify_video
+from avatarbatch.state.store import JobRecord, JobStatus, StateStore
 
 #: Per request (downloads: per file). Submissions and polls share POSTs, so a 200-job run
 #: makes about 60 of them, and these rates inject 35 to 55 faults into it (seeds 3 and 7).

@@ -16,10 +16,10 @@ import time
 import uuid
 from pathlib import Path
 
-from avatarbatch.batch import checked, register_plan
-from avatarbatch.place import STATE_NAME
+from avatarbatch.engine.batch import checked, register_plan
+from avatarbatch.engine.place import STATE_NAME
 from avatarbatch.plan import build_plan
-from avatarbatch.state import JobStatus, StateStore
+from avatarbatch.state.store import JobStatus, StateStore
 
 
 def mark_all_done(manifest_path: Path, out: Path) -> Path:

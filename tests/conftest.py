@@ -154,7 +154,7 @@ from typing import Any  # noqa: E402
 import httpx  # noqa: E402
 
 from avatarbatch import catalog  # noqa: E402
-from avatarbatch.runware import ClientSettings, RunwareClient, TaskState  # noqa: E402
+from avatarbatch.runware.client import ClientSettings, RunwareClient, TaskState  # noqa: E402
 from avatarbatch.sandbox.app import create_app  # noqa: E402
 from avatarbatch.sandbox.config import SandboxConfig  # noqa: E402
 from avatarbatch.sandbox.engine import Engine  # noqa: E402

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from avatarbatch.batch import BatchOptions, run_batch
-from avatarbatch.runware import ClientSettings
+from avatarbatch.engine.batch import BatchOptions, run_batch
+from avatarbatch.runware.client import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import running_sandbox
 from conftest import REPO, SDK_LEAKS_IGNORED, TEST_KEY

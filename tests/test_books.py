@@ -23,14 +23,14 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from avatarbatch.batch import BatchOptions, run_batch
-from avatarbatch.cli import app
-from avatarbatch.poller import PollTiming
-from avatarbatch.runware import ClientSettings
+from avatarbatch.cli.commands import app
+from avatarbatch.engine.batch import BatchOptions, run_batch
+from avatarbatch.engine.poller import PollTiming
+from avatarbatch.runware.client import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from avatarbatch.state import JobStatus, StateStore, TaskStatus
+from avatarbatch.state.store import JobStatus, StateStore, TaskStatus
 
 QUICK = SandboxConfig(latency=0, fixed_latency=0.05, render="stub", workers=8, retry_after=0)
 KEY = "books-key-0123456789"
@@ -192,7 +192,7 @@ def test_an_api_error_echoing_the_key_reaches_no_file_and_no_line(
 
 
 def test_a_symlink_to_the_state_file_finds_the_same_lock(tmp_path: Path) -> None:
-    from avatarbatch.lock import StateLocked, state_lock
+    from avatarbatch.state.lock import StateLocked, state_lock
 
     real = tmp_path / "state.sqlite"
     StateStore.open(real).close()
@@ -302,8 +302,8 @@ def processing(out: Path) -> int:
 def test_a_state_file_from_before_the_ledger_recovers_superseded_costs_from_events(
     tmp_path: Path,
 ) -> None:
-    from avatarbatch.state import MIGRATIONS
-    from avatarbatch.state import m001_initial as first
+    from avatarbatch.state.store import MIGRATIONS
+    from avatarbatch.state.store import m001_initial as first
 
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path)

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from avatarbatch.cli import app
-from avatarbatch.diagnostics import Problems
-from avatarbatch.manifest import read_manifest
-from avatarbatch.preflight import preflight
-from avatarbatch.sources import MAX_MANIFEST_BYTES
+from avatarbatch.cli.commands import app
+from avatarbatch.manifest.document import read_manifest
+from avatarbatch.manifest.preflight import preflight
+from avatarbatch.manifest.problems import Problems
+from avatarbatch.manifest.sources import MAX_MANIFEST_BYTES
 from conftest import as_unprivileged
 
 Write = Callable[[str, str | bytes], Path]

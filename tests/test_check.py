@@ -18,10 +18,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from avatarbatch import check
-from avatarbatch.check import CheckError, CheckResult
 from avatarbatch.errors import AvatarBatchError, CreditError, TransientError, UsageError
-from avatarbatch.runware import USER_AGENT, ClientSettings
+from avatarbatch.runware import check
+from avatarbatch.runware.check import CheckError, CheckResult
+from avatarbatch.runware.client import USER_AGENT, ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
 
@@ -430,7 +430,7 @@ def test_the_check_command_against_both_profiles_and_a_wrong_key(
 ) -> None:
     from typer.testing import CliRunner
 
-    from avatarbatch.cli import app
+    from avatarbatch.cli.commands import app
 
     cli = CliRunner()
     for profile, batched in (("default", True), ("strict", False)):
@@ -455,7 +455,7 @@ def test_a_run_reads_a_fresh_check_and_polls_one_task_per_request(
 ) -> None:
     from typer.testing import CliRunner
 
-    from avatarbatch.cli import app
+    from avatarbatch.cli.commands import app
 
     manifest = tmp_path / "m.yaml"
     manifest.write_text(

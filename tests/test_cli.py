@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from avatarbatch import __version__
-from avatarbatch.cli import app
+from avatarbatch.cli.commands import app
 
 Write = Callable[[str, str | bytes], Path]
 runner = CliRunner()

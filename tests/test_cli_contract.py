@@ -22,15 +22,15 @@ from pydantic import SecretStr
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from avatarbatch import status_view, status_watch
-from avatarbatch.batch import BatchOptions, run_batch
-from avatarbatch.cli import app
+from avatarbatch.cli import status_view, status_watch
+from avatarbatch.cli.commands import app
+from avatarbatch.engine.batch import BatchOptions, run_batch
 from avatarbatch.errors import TransientError, UsageError
-from avatarbatch.lock import state_lock
-from avatarbatch.runware import ClientSettings, RunwareClient
+from avatarbatch.runware.client import ClientSettings, RunwareClient
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from avatarbatch.state import StateStore
+from avatarbatch.state.lock import state_lock
+from avatarbatch.state.store import StateStore
 
 runner = CliRunner()
 QUICK = SandboxConfig(latency=0, fixed_latency=0, render="stub")
@@ -343,7 +343,7 @@ async def test_no_network_names_the_host_and_the_cause() -> None:
 
 
 def test_unfinished_jobs_are_not_sent_to_retry_failed() -> None:
-    from avatarbatch.batch import _unfinished_message
+    from avatarbatch.engine.batch import _unfinished_message
 
     text = _unfinished_message(0, 7, "cannot reach Runware at h (imageUpload): Connection refused")
     assert "--retry-failed" not in text and "run the same command again" in text
@@ -401,9 +401,9 @@ def test_a_person_at_a_terminal_is_asked_once_above_the_threshold(
     asked: bool,
     code: int,
 ) -> None:
-    from avatarbatch import cli
+    from avatarbatch.cli import commands
 
-    monkeypatch.setattr(cli, "_at_terminal", lambda: True)
+    monkeypatch.setattr(commands, "_at_terminal", lambda: True)
     manifest = write("m.yaml", THREE_LANGS)
     args = ["run", str(manifest), "--rps", "100", "--confirm-above", "0.1", *extra]
     result = runner.invoke(

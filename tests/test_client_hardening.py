@@ -33,15 +33,16 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from avatarbatch import apierrors, progress
-from avatarbatch.batch import BatchOptions, RunSummary, run_batch
-from avatarbatch.cli import app
+from avatarbatch.cli import progress
+from avatarbatch.cli.commands import app
+from avatarbatch.cli.environment import client_settings, read_dotenv
+from avatarbatch.engine.batch import BatchOptions, RunSummary, run_batch
+from avatarbatch.engine.poller import PollTiming
 from avatarbatch.errors import AuthError, RejectedError, TransientError, UsageError
-from avatarbatch.poller import PollTiming
-from avatarbatch.runware import ClientSettings, RunwareClient
+from avatarbatch.runware import classify
+from avatarbatch.runware.client import ClientSettings, RunwareClient
 from avatarbatch.sandbox.config import SandboxConfig
-from avatarbatch.settings import client_settings, read_dotenv
-from avatarbatch.state import JobStatus, StateStore
+from avatarbatch.state.store import JobStatus, StateStore
 from conftest import FAST, SANDBOX_BASE, TEST_KEY, MakeClient, new_uuid, uploads, video_task
 from conftest import wait_finished as wait_for_task
 
@@ -422,13 +423,13 @@ async def test_no_number_of_an_answer_is_nan_or_infinite() -> None:
 
 @pytest.mark.parametrize("header", ["nan", "inf", "-inf", "Infinity"])
 def test_a_retry_after_that_is_not_a_number_is_ignored(header: str) -> None:
-    assert apierrors.parse_retry_after(header) is None
+    assert classify.parse_retry_after(header) is None
 
 
 def test_a_retry_after_of_days_is_capped() -> None:
-    assert apierrors.parse_retry_after("864000") == apierrors.MAX_RETRY_AFTER
-    assert apierrors.parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT") == 600.0
-    assert apierrors.parse_retry_after("2.5") == 2.5
+    assert classify.parse_retry_after("864000") == classify.MAX_RETRY_AFTER
+    assert classify.parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT") == 600.0
+    assert classify.parse_retry_after("2.5") == 2.5
 
 
 # --- whole runs over loopback sockets: what the state file keeps -----------------------------------

@@ -21,7 +21,6 @@ from hostile import Exchange, HostileApi
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from avatarbatch import apierrors
 from avatarbatch.errors import (
     ApiError,
     AuthError,
@@ -29,7 +28,8 @@ from avatarbatch.errors import (
     RejectedError,
     TransientError,
 )
-from avatarbatch.runware import (
+from avatarbatch.runware import classify
+from avatarbatch.runware.client import (
     MAX_API_REDIRECTS,
     ClientSettings,
     RunwareClient,
@@ -733,12 +733,12 @@ NOT_STALE = [
 
 @pytest.mark.parametrize("error", STALE, ids=lambda e: e.get("message") or e["code"])
 def test_stale_inputs_are_recognised(error: dict[str, Any]) -> None:
-    assert apierrors.is_stale_input(apierrors.from_error_object(error, status=400))
+    assert classify.is_stale_input(classify.from_error_object(error, status=400))
 
 
 @pytest.mark.parametrize("error", NOT_STALE, ids=lambda e: e.get("message") or e["code"])
 def test_other_errors_are_not_stale_inputs(error: dict[str, Any]) -> None:
-    assert not apierrors.is_stale_input(apierrors.from_error_object(error, status=400))
+    assert not classify.is_stale_input(classify.from_error_object(error, status=400))
 
 
 async def test_a_submission_naming_a_forgotten_upload_is_a_stale_input(
@@ -748,10 +748,10 @@ async def test_a_submission_naming_a_forgotten_upload_is_a_stale_input(
     image, _audio = await uploads(client)
     with pytest.raises(RejectedError) as caught:
         await client.submit(video_task(image, new_uuid()))
-    assert apierrors.is_stale_input(caught.value)
+    assert classify.is_stale_input(caught.value)
     stranger = new_uuid()
     state = (await client.poll([stranger]))[stranger]
-    assert state.not_found and not apierrors.is_stale_input(state.errors[0])
+    assert state.not_found and not classify.is_stale_input(state.errors[0])
 
 
 @pytest.mark.parametrize(
@@ -764,14 +764,14 @@ async def test_a_submission_naming_a_forgotten_upload_is_a_stale_input(
     ],
 )
 def test_every_spelling_of_a_duplicate_is_a_conflict(code: str | None, status: int | None) -> None:
-    from avatarbatch.apierrors import error_class
     from avatarbatch.errors import ConflictError
+    from avatarbatch.runware.classify import error_class
 
     assert error_class(code, status) is ConflictError
 
 
 def test_a_delivered_video_is_named_without_its_secrets() -> None:
-    from avatarbatch.runner import _without_query
+    from avatarbatch.engine.runner import _without_query
 
     url = "https://user:pw@bucket.example:9000/out/a.mp4?X-Amz-Signature=abc#frag"
     assert _without_query(url) == "https://bucket.example:9000/out/a.mp4"

@@ -16,14 +16,14 @@ import pytest
 from rich.console import Console
 from rich.progress import BarColumn
 
-from avatarbatch import progress, views
-from avatarbatch.batch import RunSummary
-from avatarbatch.manifest import load_manifest
+from avatarbatch.cli import progress, views
+from avatarbatch.engine.batch import RunSummary
+from avatarbatch.manifest.document import load_manifest
+from avatarbatch.manifest.preflight import preflight
 from avatarbatch.plan import build_plan
-from avatarbatch.preflight import preflight
-from avatarbatch.report import cost_csv, report_files, summary_markdown, write_reports
-from avatarbatch.reportdata import REMOVED, JobReport, ReportData, Totals, money
-from avatarbatch.state import JobStatus, StateStore
+from avatarbatch.report.data import REMOVED, JobReport, ReportData, Totals, money
+from avatarbatch.report.files import cost_csv, report_files, summary_markdown, write_reports
+from avatarbatch.state.store import JobStatus, StateStore
 
 #: a dollar figure with anything but 5 decimals
 NOT_FIVE_PLACES = re.compile(r"\$[\d,]+(?:\.(?!\d{5}(?!\d))\d+)?(?![\d.,])")
@@ -185,7 +185,7 @@ def _files_line(out: Path) -> str:
 def test_files_line_names_videos_and_counts_further_gallery_pages(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from avatarbatch import gallery
+    from avatarbatch.report import gallery
 
     monkeypatch.setattr(gallery, "PAGE_SIZE", 2)
     data = report_data([job("a"), job("b"), job("c", "failed", outputs=[], error="no")])

@@ -21,17 +21,17 @@ from pydantic import SecretStr
 from starlette.responses import JSONResponse, Response
 from typer.testing import CliRunner, Result
 
-from avatarbatch import state as state_module
-from avatarbatch.batch import BatchOptions, run_batch
-from avatarbatch.cli import app
+from avatarbatch.cli.commands import app
+from avatarbatch.engine.batch import BatchOptions, run_batch
+from avatarbatch.engine.poller import PollTiming
 from avatarbatch.errors import UsageError
-from avatarbatch.poller import PollTiming
-from avatarbatch.preflight import preflight
-from avatarbatch.runware import ClientSettings
+from avatarbatch.manifest.preflight import preflight
+from avatarbatch.runware.client import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.render import pad_video, render_stub
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from avatarbatch.state import JobStatus, StateStore
+from avatarbatch.state import store as state_module
+from avatarbatch.state.store import JobStatus, StateStore
 from conftest import as_unprivileged
 
 QUICK = SandboxConfig(latency=0, fixed_latency=0.05, render="stub", workers=8, retry_after=0)
@@ -213,7 +213,7 @@ def test_a_full_disk_during_a_download_stops_cleanly_and_the_next_run_completes(
 FLOCK_HOLDER = """
 import sys
 from pathlib import Path
-from avatarbatch.lock import state_lock
+from avatarbatch.state.lock import state_lock
 with state_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.read()

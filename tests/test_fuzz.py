@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from avatarbatch.errors import AvatarBatchError
-from avatarbatch.preflight import preflight
+from avatarbatch.manifest.preflight import preflight
 from conftest import image_bytes, wav_bytes
 
 # AVATARBATCH_FUZZ_EXAMPLES=5000 for a deep local run; CI keeps the suite fast.

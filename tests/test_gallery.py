@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from avatarbatch.gallery import gallery_pages, render_gallery
-from avatarbatch.reportdata import JobReport, ReportData, Totals
+from avatarbatch.report.data import JobReport, ReportData, Totals
+from avatarbatch.report.gallery import gallery_pages, render_gallery
 from avatarbatch.sandbox.render import OutputFormat, render_video
 from conftest import DEMO
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from avatarbatch.cli import app
+from avatarbatch.cli.commands import app
 from conftest import DEMO, image_bytes, wav_bytes
 
 runner = CliRunner()

@@ -24,13 +24,18 @@ from pydantic import SecretStr
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from typer.testing import CliRunner
 
-from avatarbatch.batch import BatchOptions, RunSummary, run_batch
-from avatarbatch.cli import app
-from avatarbatch.poller import PollTiming
-from avatarbatch.runware import MAX_RESPONSE_BYTES, ClientSettings, RunwareClient, make_http_client
+from avatarbatch.cli.commands import app
+from avatarbatch.engine.batch import BatchOptions, RunSummary, run_batch
+from avatarbatch.engine.poller import PollTiming
+from avatarbatch.runware.client import (
+    MAX_RESPONSE_BYTES,
+    ClientSettings,
+    RunwareClient,
+    make_http_client,
+)
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.render import render_stub
-from avatarbatch.state import JobRecord, JobStatus, StateStore
+from avatarbatch.state.store import JobRecord, JobStatus, StateStore
 
 QUICK_POLL = PollTiming(initial=0.05, min_interval=0.05, max_interval=0.3)
 QUICK = SandboxConfig(latency=0, fixed_latency=0.05, render="stub", workers=8, retry_after=0)

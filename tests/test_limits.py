@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from avatarbatch.limits import RECOVER_AFTER, RateLimiter
+from avatarbatch.runware.limits import RECOVER_AFTER, RateLimiter
 
 
 async def timestamps(limiter: RateLimiter, count: int) -> list[float]:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from avatarbatch.diagnostics import Problems
 from avatarbatch.errors import ManifestError
-from avatarbatch.manifest import Job, Manifest, load_manifest, read_manifest
-from avatarbatch.media import MediaKind
+from avatarbatch.manifest.document import Job, Manifest, load_manifest, read_manifest
+from avatarbatch.manifest.media import MediaKind
+from avatarbatch.manifest.problems import Problems
 
 Write = Callable[[str, str | bytes], Path]
 

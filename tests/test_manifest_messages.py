@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from avatarbatch.cli import app
-from avatarbatch.preflight import preflight
+from avatarbatch.cli.commands import app
+from avatarbatch.manifest.preflight import preflight
 from conftest import image_bytes
 
 Write = Callable[[str, str | bytes], Path]

@@ -13,7 +13,7 @@ import imageio_ffmpeg
 import pytest
 from PIL import Image
 
-from avatarbatch.media import (
+from avatarbatch.manifest.media import (
     MediaKind,
     MediaRefError,
     ProbeError,

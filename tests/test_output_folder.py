@@ -29,12 +29,12 @@ from urllib.parse import unquote
 import pytest
 from typer.testing import CliRunner, Result
 
-from avatarbatch.cli import app
+from avatarbatch.cli.commands import app
+from avatarbatch.engine.verify import verify_video
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from avatarbatch.state import JobStatus, StateStore
-from avatarbatch.verify import verify_video
+from avatarbatch.state.store import JobStatus, StateStore
 
 QUICK = SandboxConfig(latency=0, fixed_latency=0.05, render="stub", workers=8, retry_after=0)
 HANG_GUARD = 60  #: seconds: a child process or a wait that takes longer is hanging

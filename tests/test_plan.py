@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from avatarbatch.manifest.preflight import Preflight, preflight
 from avatarbatch.plan import PlanStatus, StoredJob, build_plan, spec_hash
-from avatarbatch.preflight import Preflight, preflight
 
 Write = Callable[[str, str | bytes], Path]
 

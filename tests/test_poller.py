@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from avatarbatch.poller import Poller, PollTiming
-from avatarbatch.runware import RunwareClient
+from avatarbatch.engine.poller import Poller, PollTiming
+from avatarbatch.runware.client import RunwareClient
 from conftest import FAST, PORTRAIT, MakeClient, new_uuid, uploads, video_task, wav_bytes
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from avatarbatch.media import Prober
-from avatarbatch.preflight import preflight
+from avatarbatch.manifest.media import Prober
+from avatarbatch.manifest.preflight import preflight
 from conftest import image_bytes, wav_bytes
 
 Write = Callable[[str, str | bytes], Path]

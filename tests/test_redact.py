@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from avatarbatch import progress
+from avatarbatch.cli import progress
 from avatarbatch.errors import ApiError, RejectedError
 from avatarbatch.redact import RedactingFilter, SecretRegistry, register_secret, scrub
 

@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from avatarbatch.cli import app
-from avatarbatch.place import target_of
+from avatarbatch.cli.commands import app
+from avatarbatch.engine.place import target_of
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from avatarbatch.state import JobStatus, StateStore
+from avatarbatch.state.store import JobStatus, StateStore
 
 KEY = "sk-rehearsal-Zq9vW4t8"
 STAND_IN = SandboxConfig(latency=0, fixed_latency=0, render="stub")

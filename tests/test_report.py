@@ -16,17 +16,17 @@ import yaml
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from avatarbatch import gallery
-from avatarbatch.batch import BatchOptions, RunSummary, run_batch
-from avatarbatch.cli import app
-from avatarbatch.manifest import load_manifest
-from avatarbatch.poller import PollTiming
-from avatarbatch.report import cost_csv, safe_cell
-from avatarbatch.reportdata import build_report
-from avatarbatch.runware import ClientSettings
+from avatarbatch.cli.commands import app
+from avatarbatch.engine.batch import BatchOptions, RunSummary, run_batch
+from avatarbatch.engine.poller import PollTiming
+from avatarbatch.manifest.document import load_manifest
+from avatarbatch.report import gallery
+from avatarbatch.report.data import build_report
+from avatarbatch.report.files import cost_csv, safe_cell
+from avatarbatch.runware.client import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from avatarbatch.state import JobStatus, StateStore
+from avatarbatch.state.store import JobStatus, StateStore
 from conftest import DEMO, wav_bytes
 
 QUICK = SandboxConfig(latency=0, fixed_latency=0.05, render="stub", workers=8)
@@ -139,7 +139,7 @@ def test_failures_manifest_reruns_only_the_failed_rows(demo_copy: Path, tmp_path
 def test_failures_manifest_resolves_paths_from_its_new_place(
     demo_copy: Path, tmp_path: Path
 ) -> None:
-    from avatarbatch.report import failures_manifest
+    from avatarbatch.report.files import failures_manifest
 
     manifest = load_manifest(demo_copy / "demo.yaml")
     out = tmp_path / "elsewhere" / "out"

@@ -14,17 +14,18 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from avatarbatch import catalog, runner
-from avatarbatch.batch import BatchOptions, RunSummary, run_batch
+from avatarbatch import catalog
+from avatarbatch.engine import runner
+from avatarbatch.engine.batch import BatchOptions, RunSummary, run_batch
+from avatarbatch.engine.poller import PollTiming
+from avatarbatch.engine.runner import Hooks
 from avatarbatch.errors import AvatarBatchError
-from avatarbatch.lock import StateLocked, state_lock
-from avatarbatch.poller import PollTiming
-from avatarbatch.runner import Hooks
-from avatarbatch.runware import ClientSettings
+from avatarbatch.runware.client import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from avatarbatch.state import JobStatus, StateStore
+from avatarbatch.state.lock import StateLocked, state_lock
+from avatarbatch.state.store import JobStatus, StateStore
 
 QUICK_POLL = PollTiming(initial=0.05, min_interval=0.05, max_interval=0.3)
 QUICK = SandboxConfig(latency=0, fixed_latency=0.05, render="stub", workers=8, retry_after=0)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from avatarbatch.cli import app
+from avatarbatch.cli.commands import app
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import running_sandbox
-from avatarbatch.state import StateStore
+from avatarbatch.state.store import StateStore
 
 runner = CliRunner()
 SUMMARY_KEYS = {

@@ -20,7 +20,7 @@ from avatarbatch.errors import (
     RejectedError,
     TransientError,
 )
-from avatarbatch.runware import ClientSettings, RunwareClient
+from avatarbatch.runware.client import ClientSettings, RunwareClient
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec
 from conftest import (

@@ -16,7 +16,7 @@ import pytest
 
 from avatarbatch import catalog
 from avatarbatch.errors import TransientError
-from avatarbatch.runware import ClientSettings, RunwareClient
+from avatarbatch.runware.client import ClientSettings, RunwareClient
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec
 from avatarbatch.sandbox.render import probe_video

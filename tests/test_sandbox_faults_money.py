@@ -21,11 +21,11 @@ import httpx
 import pytest
 
 from avatarbatch import catalog
+from avatarbatch.engine.verify import VideoCheckError, verify_video
 from avatarbatch.sandbox.app import create_app
 from avatarbatch.sandbox.engine import Engine
 from avatarbatch.sandbox.faults import FAULT_DESCRIPTIONS, FAULT_KINDS, FaultSpec, FaultSpecError
 from avatarbatch.sandbox.server import running_sandbox
-from avatarbatch.verify import VideoCheckError, verify_video
 from conftest import FAST, MakeClient, image_bytes, uploads, wav_bytes
 
 KEY = "sk-live-Zq9vEchoMe"

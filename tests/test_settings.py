@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from avatarbatch.cli.environment import client_settings, read_dotenv
 from avatarbatch.errors import UsageError
-from avatarbatch.runware import DEFAULT_API_URL
-from avatarbatch.settings import client_settings, read_dotenv
+from avatarbatch.runware.client import DEFAULT_API_URL
 
 
 def test_key_from_the_environment_and_default_url() -> None:

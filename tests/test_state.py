@@ -22,10 +22,10 @@ import sqlite_utils
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from avatarbatch import state as state_module
-from avatarbatch.lock import StateLocked, lock_path, state_lock
 from avatarbatch.plan import PlanStatus, StoredJob, plan_status
-from avatarbatch.state import (
+from avatarbatch.state import store as state_module
+from avatarbatch.state.lock import StateLocked, lock_path, state_lock
+from avatarbatch.state.store import (
     MIGRATIONS,
     TRANSITIONS,
     JobSpec,
@@ -428,7 +428,7 @@ def test_a_transition_whose_event_cannot_be_written_changes_nothing(
 CRASHING_WRITER = """
 import sys
 from pathlib import Path
-from avatarbatch.state import JobSpec, JobStatus as S, StateStore
+from avatarbatch.state.store import JobSpec, JobStatus as S, StateStore
 store = StateStore.open(Path(sys.argv[1]))
 store.ensure_jobs([JobSpec(f"j{i}", "h", "m", 1, 1.0, 0.1) for i in range(20)])
 step = {S.PENDING: S.UPLOADING, S.UPLOADING: S.SUBMITTING, S.SUBMITTING: S.PROCESSING,
@@ -605,7 +605,7 @@ def test_the_lock_is_released_after_the_block_even_on_error(path: Path) -> None:
 def test_a_lock_held_by_another_process_is_refused(path: Path) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from pathlib import Path; from avatarbatch.lock import state_lock\n"
+         "import sys; from pathlib import Path; from avatarbatch.state.lock import state_lock\n"
          "with state_lock(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()",
          str(path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

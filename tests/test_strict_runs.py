@@ -20,10 +20,10 @@ from receiver import Receiver
 from starlette.responses import JSONResponse, Response
 from test_run import CHECKPOINTS, CrashAt, SimulatedCrash, billed_once_per_job, options, run
 
-from avatarbatch.poller import PollTiming
+from avatarbatch.engine.poller import PollTiming
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from avatarbatch.state import JobStatus, StateStore
+from avatarbatch.state.store import JobStatus, StateStore
 
 # The strict profile, with a lag short enough for tests (the profile's own is 2 s).
 STRICT = SandboxConfig(

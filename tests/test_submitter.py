@@ -9,10 +9,10 @@ import pytest
 from hostile import HostileApi
 from starlette.responses import Response
 
+from avatarbatch.engine.submit_queue import SubmitQueue
 from avatarbatch.errors import ConflictError, RejectedError, TransientError
-from avatarbatch.runware import ClientSettings, RunwareClient
+from avatarbatch.runware.client import ClientSettings, RunwareClient
 from avatarbatch.sandbox.faults import FaultSpec
-from avatarbatch.submitter import SubmitQueue
 from conftest import (
     FAST,
     SANDBOX_BASE,

@@ -1,6 +1,6 @@
 import pytest
 
-from avatarbatch.templates import TemplateError, output_name, placeholders, render
+from avatarbatch.manifest.templates import TemplateError, output_name, placeholders, render
 
 
 def test_placeholders_are_filled_from_vars() -> None:

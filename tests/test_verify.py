@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from avatarbatch import verify
+from avatarbatch.engine import verify
+from avatarbatch.engine.verify import VideoCheckError, VideoFacts, verify_video
 from avatarbatch.sandbox.render import EXTENSIONS, ffmpeg_exe, pad_video, render_video
-from avatarbatch.verify import VideoCheckError, VideoFacts, verify_video
 from conftest import image_bytes, wav_bytes
 
 SECONDS = 3.0

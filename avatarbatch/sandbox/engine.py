@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from avatarbatch import catalog
-from avatarbatch.media import ProbeError, probe_audio, probe_image
+from avatarbatch.manifest.media import ProbeError, probe_audio, probe_image
 from avatarbatch.sandbox import persist, store
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultInjector, unit_interval

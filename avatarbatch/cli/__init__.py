@@ -1,0 +1,1 @@
+"""The command line: typer commands (`commands.py`) and their wiring, rendering and progress."""

@@ -1,0 +1,1 @@
+"""The report layer: cost CSV, JSON, Markdown, the gallery and failures.yaml, from the state."""
