@@ -10,62 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
-from avatarbatch.sandbox import validation
+from avatarbatch.sandbox import answers, downloads, validation
+from avatarbatch.sandbox.answers import ConnectionDropped, Items
 from avatarbatch.sandbox.config import SandboxConfig
-from avatarbatch.sandbox.engine import VIDEO_ROUTE, Engine
+from avatarbatch.sandbox.engine import Engine
+from avatarbatch.sandbox.items import VIDEO_ROUTE
 from avatarbatch.sandbox.store import MEDIA_ROUTE, InputError, decode_inline, fetch
 from avatarbatch.sandbox.validation import TaskError
 
-Items = list[dict[str, Any]]
-# What a CDN or proxy answers in place of a video it cannot serve, with status 200 all the same.
-HTML_ERROR_PAGE = b"<html><body><h1>503 Service Unavailable</h1></body></html>"
-STREAM_CHUNK = 1024 * 1024
-VIDEO_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "mov": "video/quicktime"}
-
-
-class ConnectionDropped(Exception):
-    """Raised after a partial answer, so the server closes the connection mid-message."""
-
-
-class DroppedResponse(Response):
-    """Promises the whole body, sends part of it, then drops the connection."""
-
-    def __init__(self, body: bytes, media_type: str = "application/json") -> None:
-        super().__init__(body, media_type=media_type)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await send(
-            {
-                "type": "http.response.body",
-                "body": self.body[: len(self.body) // 2],
-                "more_body": True,
-            }
-        )
-        raise ConnectionDropped("connection dropped on purpose (sandbox fault)")
-
-
-class LenientJSONResponse(JSONResponse):
-    """JSON that may hold NaN and Infinity as bare tokens, as Python's json.dumps writes them.
-
-    Starlette refuses them; the money faults need them, the way a sloppy server emits them.
-    """
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+__all__ = ["ConnectionDropped", "create_app"]
 
 
 def create_app(config: SandboxConfig | None = None) -> Starlette:
@@ -87,8 +52,8 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
         Route("/sandbox/stats", lambda _: JSONResponse(engine.stats())),
         Route("/sandbox/requests", lambda _: JSONResponse({"post_times": engine.post_times})),
         Route("/sandbox/videos", lambda _: JSONResponse(engine.videos())),
-        Route(MEDIA_ROUTE + "{name}", api.media),
-        Route(VIDEO_ROUTE + "{name}", api.video),
+        Route(MEDIA_ROUTE + "{name}", functools.partial(downloads.media, engine)),
+        Route(VIDEO_ROUTE + "{name}", functools.partial(downloads.video, engine)),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.engine = engine
@@ -96,8 +61,9 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
 
 
 async def _method_not_allowed(_: Request) -> Response:
-    return _errors(
-        [_error_item(TaskError("methodNotAllowed", "Only POST is supported.", None), {})], 405
+    return answers.errors(
+        [answers.error_item(TaskError("methodNotAllowed", "Only POST is supported.", None), {})],
+        405,
     )
 
 
@@ -116,26 +82,28 @@ class _Api:
         except ClientDisconnect:  # the client went away (killed) mid-request: nothing to answer
             return Response(status_code=499)
         if len(body) > self.config.max_body_bytes:
-            return _errors(
-                [_error_item(TaskError("payloadTooLarge", "The request is too large."), {})], 413
+            return answers.errors(
+                [answers.error_item(TaskError("payloadTooLarge", "The request is too large."), {})],
+                413,
             )
         try:
             tasks = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return _errors(
-                [_error_item(TaskError("invalidJSON", "The body is not valid JSON."), {})], 400
+            return answers.errors(
+                [answers.error_item(TaskError("invalidJSON", "The body is not valid JSON."), {})],
+                400,
             )
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             error = TaskError(
                 "invalidRequestBody", "The body must be a JSON array of task objects."
             )
-            return _errors([_error_item(error, {})], 400)
+            return answers.errors([answers.error_item(error, {})], 400)
         for task_type in {str(t.get("taskType")) for t in tasks}:
             engine.posts_with[task_type] += 1
         tasks, key = self._caller_key(request, tasks)
         if not self._authorized(key):
             error = TaskError("invalidApiKey", "Invalid API key.", "apiKey", 401)
-            return _errors([_error_item(error, {"taskType": "authentication"})], 401)
+            return answers.errors([answers.error_item(error, {"taskType": "authentication"})], 401)
         request.state.api_key = key  # for the tasks it submits, which `echo_key` may leak
         return await self._with_faults(request, tasks)
 
@@ -162,25 +130,25 @@ class _Api:
                 "rateLimitExceeded", "Too many requests; retry later (injected).", None, 429
             )
             headers = {"Retry-After": str(self.config.retry_after)}
-            return _errors([_error_item(error, {})], 429, headers)
+            return answers.errors([answers.error_item(error, {})], 429, headers)
         if faults.hits("http500", key):
-            return _server_error(faults.choice("http500", key, 3))
+            return answers.server_error(faults.choice("http500", key, 3))
         submits = any(t.get("taskType") == "videoInference" for t in tasks)
         if submits and faults.hits("echo_key", key):
-            return _key_echo_error(_api_key(request))
+            return answers.key_echo_error(_api_key(request))
         if faults.hits("slow", key):
             await asyncio.sleep(self.config.slow_seconds)
         if faults.hits("reset", key):
             if faults.choice("reset", key, 2) == 0:
-                return DroppedResponse(b'{"data": [')  # before anything was done
+                return answers.DroppedResponse(b'{"data": [')  # before anything was done
             answer = await self._process(request, tasks)  # the ambiguous case: done, answer lost
-            return DroppedResponse(bytes(answer.body))
+            return answers.DroppedResponse(bytes(answer.body))
         return await self._process(request, tasks)
 
     async def _process(self, request: Request, tasks: Items) -> JSONResponse:
         refusal = self._whole_refusal(tasks)
         if refusal is not None:
-            return _errors([_error_item(refusal, {})], refusal.status)
+            return answers.errors([answers.error_item(refusal, {})], refusal.status)
         data: Items = []
         errors: Items = []
         rejected: list[TaskError] = []
@@ -191,7 +159,7 @@ class _Api:
             errors.extend(task_errors)
             if refusal is not None:
                 rejected.append(refusal)
-                errors.append(_error_item(refusal, task))
+                errors.append(answers.error_item(refusal, task))
             elif task.get("taskType") == "videoInference" and task_data:
                 accepted = True
         status = self.config.ack_status if accepted else 200
@@ -204,7 +172,7 @@ class _Api:
             body["errors"] = errors
         if not body:
             body["data"] = []
-        return LenientJSONResponse(body, status_code=status)
+        return answers.LenientJSONResponse(body, status_code=status)
 
     def _whole_refusal(self, tasks: Items) -> TaskError | None:
         """Why the whole POST is refused before any task in it is handled, if it is."""
@@ -337,111 +305,10 @@ class _Api:
             return None
         return TaskError("conflictTaskUUID", f"A task with UUID {uuid} already exists.", "taskUUID")
 
-    async def media(self, request: Request) -> Response:
-        item = self.engine.media.get(request.path_params["name"].split(".", 1)[0])
-        if item is None:
-            return _errors(
-                [_error_item(TaskError("notFound", "No such media.", None, 404), {})], 404
-            )
-        if item.content is None and item.path is not None:  # restored: served from its file
-            return FileResponse(item.path, media_type=item.mime)
-        return Response(item.data, media_type=item.mime)
-
-    async def video(self, request: Request) -> Response:
-        self.engine.requests["downloads"] += 1
-        name = request.path_params["name"]
-        found = self.engine.video(name)
-        if found is None or found[0].path is None:
-            return _errors(
-                [
-                    _error_item(
-                        TaskError("notFound", "No such video, or it expired.", None, 404), {}
-                    )
-                ],
-                404,
-            )
-        result, task = found
-        assert result.path is not None
-        media_type = VIDEO_TYPES[result.path.suffix[1:]]
-        faulty = self._faulty_video(Engine.result_key(task, result), result.path, media_type)
-        return faulty or FileResponse(result.path, media_type=media_type)
-
-    def _faulty_video(self, key: str, path: Path, media_type: str) -> Response | None:
-        """A broken answer for this download, if a download fault hits it.
-
-        Drawn per video and per attempt, so a retried download of the same video can succeed.
-        """
-        faults = self.engine.faults
-        if faults.hits("truncate", key):
-            return DroppedResponse(path.read_bytes(), media_type)
-        if faults.hits("html_video", key):
-            return Response(HTML_ERROR_PAGE, media_type="text/html")
-        if faults.hits("short_body", key):
-            # A Content-Length that matches the cut: no length check can notice.
-            third = path.stat().st_size // 3
-            headers = {"content-length": str(third)}
-            return StreamingResponse(_prefix(path, third), headers=headers, media_type=media_type)
-        if faults.hits("cut", key):
-            # No Content-Length: the body is close-delimited (chunked over HTTP/1.1) and ends
-            # cleanly, so only the file itself can tell it is short.
-            return StreamingResponse(_prefix(path, path.stat().st_size // 2), media_type=media_type)
-        return None
-
-
-async def _prefix(path: Path, length: int) -> AsyncIterator[bytes]:
-    """The first `length` bytes of a file, read in a thread chunk by chunk (videos are big)."""
-    with path.open("rb") as handle:
-        while length > 0:
-            chunk = await asyncio.to_thread(handle.read, min(STREAM_CHUNK, length))
-            if not chunk:
-                return
-            length -= len(chunk)
-            yield chunk
-
 
 def _api_key(request: Request) -> str:
     return str(getattr(request.state, "api_key", ""))
 
 
-def _key_echo_error(key: str) -> Response:
-    """A 500 whose text repeats the caller's key, as careless upstream error pages do."""
-    message = (
-        f"Invalid request for key {key} (injected). Request headers: Authorization: Bearer {key}"
-    )
-    error = TaskError("internalServerError", message, None, 500)
-    return _errors([_error_item(error, {})], 500)
-
-
 def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
-
-
-def _error_item(error: TaskError, task: dict[str, Any]) -> dict[str, Any]:
-    item: dict[str, Any] = {"code": error.code, "message": error.message}
-    if error.parameter:
-        item["parameter"] = error.parameter
-    for key in ("taskType", "taskUUID"):
-        if task.get(key) is not None:
-            item[key] = task[key]
-    if error.code == "conflictTaskUUID":
-        item["context"] = {"taskType": task.get("taskType"), "taskUUID": task.get("taskUUID")}
-        if task.get("taskType") == "videoInference":  # uploads are answered at once: no mode
-            item["context"]["deliveryMethod"] = task.get("deliveryMethod", "async")
-    item["documentation"] = "https://runware.ai/docs/en/getting-started/errors"
-    return item
-
-
-def _errors(items: Items, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"errors": items}, status_code=status, headers=headers)
-
-
-def _server_error(variant: int) -> Response:
-    if variant == 0:
-        error = TaskError("internalServerError", "Internal server error (injected).", None, 500)
-        return _errors([_error_item(error, {})], 500)
-    if variant == 1:
-        error = TaskError("serviceUnavailable", "Service unavailable (injected).", None, 503)
-        return _errors([_error_item(error, {})], 503)
-    # A proxy in front of the API answering with its own HTML page, as real ones do.
-    page = "<html><head><title>502 Bad Gateway</title></head><body>Bad Gateway</body></html>"
-    return Response(page, status_code=502, media_type="text/html")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import random
@@ -25,17 +24,15 @@ import tempfile
 import time
 import uuid as uuidlib
 from collections import Counter
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from avatarbatch import catalog
-from avatarbatch.manifest.media import ProbeError, probe_audio, probe_image
-from avatarbatch.sandbox import persist, store
+from avatarbatch.sandbox import accounts, items, persist, store
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultInjector, unit_interval
+from avatarbatch.sandbox.inputs import Inputs
 from avatarbatch.sandbox.notify import Notifier
 from avatarbatch.sandbox.render import (
     EXTENSIONS,
@@ -44,55 +41,14 @@ from avatarbatch.sandbox.render import (
     render_stub,
     render_video,
 )
-from avatarbatch.sandbox.validation import media_form
+from avatarbatch.sandbox.tasks import Result, Task
 
 log = logging.getLogger("avatarbatch.sandbox")
 
-VIDEO_ROUTE = "/sandbox/video/"
 # Codes of injected failed generations: both are transient in the official SDK's taxonomy.
 FAILED_GENERATION_CODES = ("timeoutProvider", "providerError")
 # What the money faults report instead of the price; the ledger keeps billing the true one.
 BOGUS_COSTS: dict[str, float] = {"nan_cost": math.nan, "inf_cost": math.inf, "negative_cost": -0.5}
-
-
-@dataclass
-class Result:
-    """One video of a task."""
-
-    video_uuid: str
-    seed: int
-    status: str = "processing"  #: processing, success or error
-    path: Path | None = None
-    cost: Decimal = Decimal(0)
-    error: tuple[str, str] | None = None  #: (code, message) when status is error
-    expires_at: float = 0.0
-
-
-@dataclass
-class Task:
-    uuid: str
-    request: dict[str, Any]
-    base_url: str  #: scheme://host:port the client used, to build result URLs it can reach
-    accepted_at: float
-    api_key: str = ""  #: the submitter's key, only so that `echo_key` can leak it; never saved
-    results: list[Result] = field(default_factory=list)
-    seconds: float | None = None
-    finished: bool = False
-    restored: bool = False  #: accepted by an earlier run of a persistent sandbox
-
-    @property
-    def model(self) -> catalog.AvatarModel:
-        return catalog.model_by_id(self.request["model"])
-
-    @property
-    def status(self) -> str:
-        if not self.finished:
-            return "processing"
-        return "success" if any(r.status == "success" for r in self.results) else "error"
-
-    @property
-    def cost(self) -> Decimal:
-        return sum((r.cost for r in self.results if r.status == "success"), Decimal(0))
 
 
 class Engine:
@@ -119,7 +75,7 @@ class Engine:
             self._own_dir = tempfile.TemporaryDirectory(prefix="avatarbatch-sandbox-")
         self.storage = Path(config.storage_dir or self._own_dir.name)  # type: ignore[union-attr]
         self.notifier = Notifier(allow_remote=config.allow_remote)
-        self._checked: dict[tuple[str, str], tuple[Path, float]] = {}
+        self.inputs = Inputs(self.storage, self.media, allow_remote=config.allow_remote)
         self.state: persist.StateFile | None = None  #: where a persistent sandbox saves
         self._resumed: list[Task] = []  #: restored unfinished tasks, queued once started
         if config.persist:
@@ -312,7 +268,7 @@ class Engine:
         if task.restored:  # as if the sandbox had kept rendering while it was down
             started = min(started, task.accepted_at)
         try:
-            portrait, audio, seconds = await self._inputs(task)
+            portrait, audio, seconds = await self.inputs.obtain(task)
         except store.InputError as exc:
             self._fail(task, exc.code, str(exc))
             return
@@ -339,11 +295,13 @@ class Engine:
             if error is not None:
                 result.status, result.error = "error", error
                 self._save(task)
-                self.notifier.result_failed(task, self.error_item(task, result))
+                self.notifier.result_failed(task, items.error_item(task, result))
                 continue
             result.status = "success"
             self._save(task)
-            self.notifier.result_ready(task, self.result_item(task, result), result.path)
+            self.notifier.result_ready(
+                task, items.result_item(task, result, self.config), result.path
+            )
 
     async def _render_result(
         self, task: Task, result: Result, portrait: Path, audio: Path
@@ -368,59 +326,6 @@ class Engine:
         result.expires_at = time.time() + int(task.request.get("ttl", self.config.default_ttl))
         return None
 
-    async def _inputs(self, task: Task) -> tuple[Path, Path, float]:
-        """Obtain both inputs and check them against Kling's limits, as the provider would."""
-        inputs = task.request["inputs"]
-        image, _ = await self._checked_input(inputs["image"], "image")
-        audio, seconds = await self._checked_input(inputs["audio"], "audio")
-        return image, audio, seconds
-
-    async def _checked_input(self, value: str, kind: str) -> tuple[Path, float]:
-        """An input's file and, for audio, its length; worked out once per uploaded media.
-
-        Uploads never change, and a batch of 200 tasks names the same few: probing and hashing
-        them again for each task kept the sandbox's loop busy enough to delay every answer.
-        """
-        known = self._checked.get((value, kind))
-        if known is not None:
-            return known
-        data, _ = await self._input_bytes(value)
-        seconds = 0.0
-        try:
-            if kind == "image":
-                probe_image(data)
-            else:
-                seconds = probe_audio(data).seconds or 0.0
-        except ProbeError as exc:
-            code = "invalidImage" if kind == "image" else "invalidAudio"
-            raise store.InputError(code, f"The {kind} {exc}.") from None
-        checked = (self._spill(data, kind), seconds)
-        if media_form(value) == "uuid":
-            self._checked[(value, kind)] = checked
-        return checked
-
-    async def _input_bytes(self, value: str) -> tuple[bytes, str]:
-        form = media_form(value)
-        if form == "uuid":
-            item = self.media.get(value)
-            if item is None:
-                raise store.InputError("invalidMediaUUID", f"No uploaded media has UUID {value}.")
-            return item.data, item.mime
-        if form == "url":
-            item = self.media.from_url(value)
-            if item is not None:
-                return item.data, item.mime
-            return await store.fetch(value, allow_remote=self.config.allow_remote)
-        return store.decode_inline(value)
-
-    def _spill(self, data: bytes, kind: str) -> Path:
-        """Write input bytes to a file for ffmpeg, once per distinct content."""
-        path = self.storage / "inputs" / f"{kind}-{hashlib.sha256(data).hexdigest()[:32]}"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        return path
-
     def _generation_failure(self, task: Task) -> str:
         """The message of an injected failed generation; `echo_key` makes it leak the key."""
         message = "The provider failed to generate this video (injected fault)."
@@ -434,47 +339,9 @@ class Engine:
         for result in task.results:
             if result.status == "processing":
                 result.status, result.error = "error", (code, message)
-                self.notifier.result_failed(task, self.error_item(task, result))
+                self.notifier.result_failed(task, items.error_item(task, result))
 
     # --- answers --------------------------------------------------------------------------------
-
-    def result_item(
-        self, task: Task, result: Result, base_url: str | None = None
-    ) -> dict[str, Any]:
-        """The getResponse / webhook item of one finished video.
-
-        Its URL starts with `base_url`, the address the client reaches the sandbox at, or by
-        default with the one it used to submit the task.
-        """
-        fmt = task.request.get("outputFormat", "MP4")
-        base = base_url or task.base_url
-        item: dict[str, Any] = {
-            "taskType": "videoInference",
-            "taskUUID": task.uuid,
-            "status": self.config.success_status,
-            "videoUUID": result.video_uuid,
-            "videoURL": f"{base}{VIDEO_ROUTE}{result.video_uuid}.{EXTENSIONS[fmt]}",
-            "seed": result.seed,
-        }
-        if task.request.get("uploadEndpoint") and not self.config.url_with_upload_endpoint:
-            # The video goes to the caller's bucket; an API may then give no URL of its own.
-            del item["videoURL"]
-        safety = task.request.get("safety") or {}
-        if safety.get("checkContent") or safety.get("mode") in ("fast", "full"):
-            item["NSFWContent"] = False
-        if task.request.get("includeCost"):
-            item["cost"] = float(result.cost)
-        return item
-
-    def error_item(self, task: Task, result: Result) -> dict[str, Any]:
-        code, message = result.error or ("unknownError", "Unknown failure.")
-        return {
-            "taskType": "videoInference",
-            "taskUUID": task.uuid,
-            "status": "error",
-            "code": code,
-            "message": message,
-        }
 
     def poll(
         self, task_uuid: str, base_url: str | None = None
@@ -488,10 +355,10 @@ class Engine:
         errors: list[dict[str, Any]] = []
         for result in task.results:
             if result.status == "success":
-                item = self.result_item(task, result, base_url)
+                item = items.result_item(task, result, self.config, base_url)
                 data.append(self._reported(task, result, item))
             elif result.status == "error":
-                errors.append(self.error_item(task, result))
+                errors.append(items.error_item(task, result))
             else:
                 data.append(
                     {"taskType": "videoInference", "taskUUID": task.uuid, "status": "processing"}
@@ -506,19 +373,11 @@ class Engine:
         """
         if "cost" not in item:
             return item
-        key = self.result_key(task, result)
+        key = task.result_key(result)
         for kind, bogus in BOGUS_COSTS.items():
             if self.faults.hits(kind, key):
                 return {**item, "cost": bogus}
         return item
-
-    @staticmethod
-    def result_key(task: Task, result: Result) -> str:
-        """What faults on one result are keyed on: the client's task UUID and the result's place.
-
-        Not the videoUUID, which is random: with it a seed could not replay the same faults.
-        """
-        return f"{task.uuid}/{task.results.index(result)}"
 
     def video(self, name: str) -> tuple[Result, Task] | None:
         """The finished, unexpired result a video URL names."""
@@ -534,38 +393,11 @@ class Engine:
     # --- accounts -------------------------------------------------------------------------------
 
     def ledger(self) -> dict[str, Any]:
-        tasks = [
-            {
-                "taskUUID": task.uuid,
-                "model": task.request["model"],
-                "status": task.status,
-                "seconds": task.seconds,
-                "results": sum(1 for r in task.results if r.status == "success"),
-                "cost": float(task.cost),
-            }
-            for task in self.tasks.values()
-        ]
-        total = sum((task.cost for task in self.tasks.values()), Decimal(0))
-        return {
-            "tasks": tasks,
-            "total_cost": float(total),
-            "submissions": len(self.tasks),
-            "conflicts": self.conflicts,
-        }
+        return accounts.ledger(self.tasks, self.conflicts)
 
     def videos(self) -> dict[str, dict[str, Any]]:
         """Every rendered video by videoUUID, with the sha256 of the bytes served for it."""
-        served: dict[str, dict[str, Any]] = {}
-        for task in self.tasks.values():
-            for result in task.results:
-                if result.status == "success" and result.path is not None:
-                    data = result.path.read_bytes()
-                    served[result.video_uuid] = {
-                        "taskUUID": task.uuid,
-                        "bytes": len(data),
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                    }
-        return served
+        return accounts.videos(self.tasks)
 
     def stats(self) -> dict[str, Any]:
         keys = (

@@ -23,7 +23,7 @@ import httpx
 from avatarbatch.sandbox.store import is_loopback_host
 
 if TYPE_CHECKING:
-    from avatarbatch.sandbox.engine import Task
+    from avatarbatch.sandbox.tasks import Task
 
 log = logging.getLogger("avatarbatch.sandbox")
 

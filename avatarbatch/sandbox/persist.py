@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from avatarbatch.sandbox.engine import Task
     from avatarbatch.sandbox.store import StoredMedia
+    from avatarbatch.sandbox.tasks import Task
 
 try:
     import fcntl

@@ -5,26 +5,19 @@ accept, so `render_video` makes a genuine video: the portrait, the submitted aud
 waveform that moves with the speech (so a glance shows the audio is really there and in sync)
 and a "SANDBOX" mark so nobody mistakes the result for a paid render.
 
-Pillow prepares the single background frame (scaling, even dimensions, the mark and the darker
-band the waveform is drawn on) and hands it to ffmpeg as raw RGB on stdin. That keeps every
-image Pillow can read usable, applies EXIF rotation and needs no drawtext/freetype in ffmpeg.
-ffmpeg loops that frame, draws `showwaves` over the band and encodes.
+Pillow prepares the single background frame (`frame.py`) and hands it to ffmpeg as raw RGB on
+stdin; ffmpeg loops that frame, draws `showwaves` over the band and encodes.
 
 `render_stub` is for throughput benchmarks: thousands of tasks need some valid file quickly, so
 one tiny clip per (duration in ms, format) is rendered once into a cache and copied from there.
 
-Every ffmpeg run is an asyncio subprocess with a timeout that is killed and reaped when it
-times out or is cancelled (even twice). Every output is written to a hidden temporary file
-beside its destination and renamed into place only when complete; the frame and ffmpeg's
-messages live in anonymous temporary files, which disappear however the render ends.
+Running ffmpeg safely is `ffmpeg.py`'s job and the background frame `frame.py`'s; the frame
+lives in an anonymous temporary file, which disappears however the render ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import os
 import re
 import secrets
 import shutil
@@ -33,31 +26,32 @@ import tempfile
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
-import imageio_ffmpeg
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from avatarbatch.sandbox.ffmpeg import RenderError, ffmpeg_exe, file_url, render_into, tail
+from avatarbatch.sandbox.frame import band_height, write_frame
+
+__all__ = [
+    "EXTENSIONS",
+    "OutputFormat",
+    "RenderError",
+    "VideoInfo",
+    "ffmpeg_exe",
+    "pad_video",
+    "probe_video",
+    "render_stub",
+    "render_video",
+]
 
 OutputFormat = Literal["MP4", "WEBM", "MOV"]
 EXTENSIONS: dict[str, str] = {"MP4": "mp4", "WEBM": "webm", "MOV": "mov"}
 
 FPS = 25
 MIN_QUALITY, MAX_QUALITY = 20, 99  # Runware's outputQuality range
-# The waveform band's share of the frame height; the mark's text height per frame short side.
-BAND_FRACTION = 0.2
-MARK_FRACTION = 0.045
 WAVE_COLOUR = "0x7fffd4"
 STUB_SIDE = 64
 STUB_COLOUR = "0x3a6ea5"
-# Enough of ffmpeg's stderr to see why it failed, short enough for a task's error message.
 FREE_BOX_HEADER = 8  #: a 32-bit size and the type `free`
-STDERR_TAIL_LINES = 5
-# How many cancellations the cleanup of a cancelled ffmpeg run absorbs before giving up.
-CLEANUP_ATTEMPTS = 5
-
-
-class RenderError(Exception):
-    """ffmpeg (or Pillow, for the portrait) could not produce the video; the text says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +61,6 @@ class VideoInfo:
     audio_codec: str | None  #: e.g. "aac", "opus"; None without an audio stream
     width: int
     height: int
-
-
-@functools.cache
-def ffmpeg_exe() -> str:
-    """The ffmpeg binary shipped with imageio-ffmpeg (or the one IMAGEIO_FFMPEG_EXE names)."""
-    return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 
 async def render_video(
@@ -102,10 +90,10 @@ async def render_video(
     with tempfile.TemporaryFile() as frame:
         # Decoding a large JPEG takes long enough to stall other tasks; keep it off the loop.
         # If this is cancelled the thread may still be writing: closing the file stops it.
-        size = await asyncio.to_thread(_write_frame, portrait, max_side, frame)
+        size = await asyncio.to_thread(write_frame, portrait, max_side, frame)
         args = _video_args(size, audio, seconds, output_format, quality)
         what = f"render {dest.name} ({output_format}) from {portrait.name} and {audio.name}"
-        await _render_into(dest, args, what=what, timeout=timeout, stdin=frame)
+        await render_into(dest, args, what=what, timeout=timeout, stdin=frame)
 
 
 def _video_args(
@@ -113,7 +101,7 @@ def _video_args(
 ) -> list[str]:
     """ffmpeg's inputs, filter graph and encoding for a raw RGB frame on stdin plus `audio`."""
     width, height = size
-    band = _band_height(height)
+    band = band_height(height)
     graph = (
         f"[0:v]loop=loop=-1:size=1:start=0,setpts=N/{FPS}/TB[bg];"
         # apad + -t make the length exactly `seconds` whatever the decoder's idea of the end.
@@ -126,7 +114,7 @@ def _video_args(
         *("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"),
         *("-framerate", str(FPS), "-i", "pipe:0"),
         # The audio is user input: a playlist disguised as .mp3 must not fetch anything.
-        *("-protocol_whitelist", "file", "-i", _file_url(audio)),
+        *("-protocol_whitelist", "file", "-i", file_url(audio)),
         *("-filter_complex", graph, "-map", "[v]", "-map", "[a]", "-map_metadata", "-1"),
         *("-t", f"{seconds:.3f}"),
         *_codec_args(output_format, quality),
@@ -167,7 +155,7 @@ async def render_stub(
                 *_codec_args(output_format, quality=50),
             ]
             what = f"render the {millis} ms {output_format} stub"
-            await _render_into(cached, args, what=what, timeout=timeout)
+            await render_into(cached, args, what=what, timeout=timeout)
     await asyncio.to_thread(_copy_into_place, cached, dest)
 
 
@@ -193,7 +181,7 @@ def probe_video(path: Path, *, timeout: float = 60.0) -> VideoInfo:
     """Duration, codecs and frame size of a video, parsed from `ffmpeg -i` (there is no ffprobe)."""
     try:
         result = subprocess.run(
-            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", _file_url(path)],
+            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", file_url(path)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
@@ -205,7 +193,7 @@ def probe_video(path: Path, *, timeout: float = 60.0) -> VideoInfo:
     duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", text)
     video = re.search(r"Stream #\d+:\d+\S*: Video: (\w+)[^\n]*?,\s*(\d{1,5})x(\d{1,5})\b", text)
     if duration is None or video is None:
-        raise RenderError(f"{path} is not a readable video: {_tail(result.stderr)}")
+        raise RenderError(f"{path} is not a readable video: {tail(result.stderr)}")
     hours, minutes, secs = duration.groups()
     audio = re.search(r"Stream #\d+:\d+\S*: Audio: (\w+)", text)
     return VideoInfo(
@@ -243,185 +231,6 @@ def _codec_args(output_format: OutputFormat, quality: int) -> list[str]:
         *("-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", *common),
         *("-f", "mp4" if output_format == "MP4" else "mov"),
     ]
-
-
-def _write_frame(portrait: Path, max_side: int, out: IO[bytes]) -> tuple[int, int]:
-    """Write the background frame to `out` as raw RGB (ffmpeg's rawvideo); return its size."""
-    frame = _background_frame(portrait, max_side)
-    out.write(frame.tobytes())
-    out.flush()
-    out.seek(0)
-    return frame.size
-
-
-def _background_frame(portrait: Path, max_side: int) -> Image.Image:
-    """The portrait fitted into max_side with even dimensions, a darker band and the mark."""
-    try:
-        with Image.open(portrait) as original:
-            # thumbnail() never upscales and lets JPEG decode at reduced size; the box is
-            # square, so it bounds the long side whether or not EXIF later rotates the image.
-            original.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-            image = ImageOps.exif_transpose(original).convert("RGBA")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise RenderError(f"portrait {portrait} is not a readable image: {exc}") from exc
-
-    width, height = image.size
-    even = (max(2, width - width % 2), max(2, height - height % 2))
-    if even != image.size:
-        # Dropping one edge column/row keeps the pixels sharp; only a 1 px side needs resizing.
-        fits = even[0] <= width and even[1] <= height
-        image = image.crop((0, 0, *even)) if fits else image.resize(even)
-    width, height = even
-
-    # Transparent portraits would otherwise turn black where they are see-through.
-    canvas = Image.new("RGBA", even, (128, 128, 128, 255))
-    canvas.alpha_composite(image)
-    overlay = Image.new("RGBA", even, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(overlay)
-    draw.rectangle((0, height - _band_height(height), width, height), fill=(0, 0, 0, 96))
-    _draw_mark(draw, width, height)
-    canvas.alpha_composite(overlay)
-    return canvas.convert("RGB")
-
-
-def _band_height(height: int) -> int:
-    return max(2, round(height * BAND_FRACTION))
-
-
-def _draw_mark(draw: ImageDraw.ImageDraw, width: int, height: int) -> None:
-    """White "SANDBOX" on a dark pill in the top-right corner, sized to the frame."""
-    size = max(8, round(min(width, height) * MARK_FRACTION))
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont
-    try:
-        font = ImageFont.load_default(size=size)
-    except (ImportError, OSError, TypeError):  # Pillow without FreeType: fixed bitmap font
-        font = ImageFont.load_default()
-    left, top, right, bottom = draw.textbbox((0, 0), "SANDBOX", font=font)
-    pad, margin = max(2, size // 3), max(2, size // 2)
-    box_right, box_top = width - margin, margin
-    box_left = box_right - (right - left) - 2 * pad
-    box_bottom = box_top + (bottom - top) + 2 * pad
-    draw.rounded_rectangle(
-        (box_left, box_top, box_right, box_bottom), radius=pad, fill=(0, 0, 0, 150)
-    )
-    draw.text((box_left + pad - left, box_top + pad - top), "SANDBOX", font=font, fill="white")
-
-
-async def _render_into(
-    dest: Path, args: list[str], *, what: str, timeout: float, stdin: IO[bytes] | None = None
-) -> None:
-    """Run ffmpeg writing to a hidden file beside `dest`; rename it into place on success."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
-    try:
-        await _run_ffmpeg(
-            [*args, "-y", _file_url(partial)], what=what, timeout=timeout, stdin=stdin
-        )
-        partial.replace(dest)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-async def _run_ffmpeg(
-    args: list[str], *, what: str, timeout: float, stdin: IO[bytes] | None
-) -> None:
-    """Run ffmpeg without blocking the loop; kill it on timeout or cancellation.
-
-    Input and messages go through files, not pipes: with no pipe to connect, CPython 3.11
-    cannot hang when a spawn is cancelled half-way (it waits for pipes connected after the
-    cancel), and there is no pipe buffer for a chatty ffmpeg to fill.
-    """
-    with tempfile.TemporaryFile() as messages:
-        process = await _spawn(args, what=what, stdin=stdin, stderr=messages)
-        try:
-            async with asyncio.timeout(timeout):
-                returncode = await process.wait()
-        except TimeoutError:
-            raise RenderError(f"ffmpeg took longer than {timeout:g} s to {what}; stopped") from None
-        finally:
-            if process.returncode is None:
-                await _stop(process)
-        if returncode != 0:
-            raise RenderError(
-                f"ffmpeg failed to {what} (exit status {returncode}): {_tail(_end_of(messages))}"
-            )
-
-
-async def _spawn(
-    args: list[str], *, what: str, stdin: IO[bytes] | None, stderr: IO[bytes]
-) -> asyncio.subprocess.Process:
-    spawning = asyncio.ensure_future(
-        asyncio.create_subprocess_exec(
-            ffmpeg_exe(),
-            *("-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"),
-            *args,
-            stdin=subprocess.DEVNULL if stdin is None else stdin,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    )
-    try:
-        # Shielded so that a cancel arriving mid-spawn still yields a process to stop.
-        return await asyncio.shield(spawning)
-    except asyncio.CancelledError:
-        process = await _spawned(spawning)
-        if process is not None:
-            await _stop(process)
-        raise
-    except OSError as exc:
-        raise RenderError(f"could not start ffmpeg to {what}: {exc}") from exc
-
-
-async def _spawned(
-    spawning: asyncio.Future[asyncio.subprocess.Process],
-) -> asyncio.subprocess.Process | None:
-    """The process a cancelled spawn still creates, waited for through further cancels."""
-    for _ in range(CLEANUP_ATTEMPTS):
-        try:
-            return await asyncio.shield(spawning)
-        except asyncio.CancelledError:
-            if spawning.cancelled():  # the spawn itself was cancelled: nothing to stop
-                return None
-        except OSError:
-            return None
-    return None
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    """Kill ffmpeg and reap it, even if cancelled again meanwhile, then pass the cancel on.
-
-    Cancellation can arrive twice (a worker cancelled, then the loop shutting down cancels
-    whatever is left); giving up half-way would leave ffmpeg running and its transport open
-    after the loop closes. A killed process is reaped within milliseconds.
-    """
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    cancelled = False
-    for _ in range(CLEANUP_ATTEMPTS):
-        try:
-            await process.wait()
-            break
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-
-
-def _tail(stderr: bytes) -> str:
-    """The last few lines ffmpeg wrote, for an error message."""
-    lines = [line.strip() for line in stderr.decode("utf-8", errors="replace").splitlines()]
-    return " | ".join([line for line in lines if line][-STDERR_TAIL_LINES:]) or "no message"
-
-
-def _end_of(messages: IO[bytes], size: int = 4096) -> bytes:
-    messages.seek(0, os.SEEK_END)
-    messages.seek(max(0, messages.tell() - size))
-    return messages.read()
-
-
-def _file_url(path: Path) -> str:
-    # An explicit protocol: a relative name like "concat:x" or "-x.mp3" is just a file.
-    return f"file:{path.absolute()}"
 
 
 _StubKey = tuple[str, int, str]

@@ -1,0 +1,47 @@
+"""The sandbox's books, as /sandbox/ledger and /sandbox/videos report them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from avatarbatch.sandbox.tasks import Task
+
+
+def ledger(tasks: Mapping[str, Task], conflicts: int) -> dict[str, Any]:
+    """The bill: every task with its status and cost, and the total."""
+    rows = [
+        {
+            "taskUUID": task.uuid,
+            "model": task.request["model"],
+            "status": task.status,
+            "seconds": task.seconds,
+            "results": sum(1 for r in task.results if r.status == "success"),
+            "cost": float(task.cost),
+        }
+        for task in tasks.values()
+    ]
+    total = sum((task.cost for task in tasks.values()), Decimal(0))
+    return {
+        "tasks": rows,
+        "total_cost": float(total),
+        "submissions": len(tasks),
+        "conflicts": conflicts,
+    }
+
+
+def videos(tasks: Mapping[str, Task]) -> dict[str, dict[str, Any]]:
+    """Every rendered video by videoUUID, with the sha256 of the bytes served for it."""
+    served: dict[str, dict[str, Any]] = {}
+    for task in tasks.values():
+        for result in task.results:
+            if result.status == "success" and result.path is not None:
+                data = result.path.read_bytes()
+                served[result.video_uuid] = {
+                    "taskUUID": task.uuid,
+                    "bytes": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+    return served
