@@ -23,13 +23,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from avatarbatch.plan import PlanStatus, StoredJob, plan_status
-from avatarbatch.state import store as state_module
+from avatarbatch.state import migrations as migrations_module
 from avatarbatch.state.lock import StateLocked, lock_path, state_lock
 from avatarbatch.state.store import (
     MIGRATIONS,
     TRANSITIONS,
     JobSpec,
     JobStatus,
+    OwnedFile,
     StateError,
     StateStore,
     TaskEntry,
@@ -133,7 +134,7 @@ def test_a_later_migration_is_applied_once_to_an_older_file(
         calls.append("m099")
         db.execute("CREATE TABLE notes (text TEXT)")
 
-    monkeypatch.setattr(state_module, "MIGRATIONS", [*MIGRATIONS, m099_test_notes])
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", [*MIGRATIONS, m099_test_notes])
     StateStore.open(path).close()
     StateStore.open(path).close()
     assert calls == ["m099"]
@@ -230,7 +231,7 @@ def test_the_file_reads_as_plain_json_columns_for_sqlite_utils(
         row = next(db.query("select * from jobs"))
     assert row["status"] == "downloading"
     assert json.loads(row["results"]) == [RESULT]
-    assert json.loads(row["vars"]) == {"lang": "en"}
+    assert json.loads(row["vars"]) == {}  # a job's vars are read from its manifest, never here
     assert sql(path, "select json_extract(results, '$[0].cost') from jobs") == [(0.3,)]
 
 
@@ -240,7 +241,7 @@ def test_the_file_reads_as_plain_json_columns_for_sqlite_utils(
 def test_ensure_job_inserts_a_new_job_as_pending(store: StateStore) -> None:
     record = store.ensure_job("a", **SPEC)
     assert (record.status, record.attempts, record.task_uuid) == (S.PENDING, 0, None)
-    assert (record.results, record.outputs, record.vars) == ([], [], {"lang": "en"})
+    assert (record.results, record.outputs) == ([], [])
     assert store.get("a") == record
     assert [e["kind"] for e in store.events("a")] == ["created"]
 
@@ -340,6 +341,63 @@ def test_a_transition_appends_an_event_with_both_states_and_the_fields(store: St
     assert event["at"] > 0
 
 
+def test_a_transition_logs_the_ledger_and_files_writes_of_its_transaction(
+    store: StateStore,
+) -> None:
+    job_at(store, S.PROCESSING)
+    billed = TaskEntry("t-1", TaskStatus.BILLED, billed_cost=0.132, cost_source="api")
+    claim = OwnedFile("videos/a.mp4")
+    store.transition("a", S.DOWNLOADING, tasks=[billed], files=[claim], actual_cost=0.132)
+    video = OwnedFile("videos/a.mp4", "a", 1234, "ab" * 32, 1_700_000_000_000_000_000)
+    store.transition("a", S.DONE, files=[video], outputs=[OUTPUT])
+    *_, result, done = store.events("a")
+    assert result["detail"] == {
+        "from": "processing",
+        "to": "downloading",
+        "actual_cost": 0.132,
+        "tasks": [{"task_uuid": "t-1", "status": "billed", "billed_cost": 0.132,
+                   "cost_source": "api"}],
+        "files": [{"path": "videos/a.mp4"}],
+    }  # fmt: skip
+    assert done["detail"]["files"] == [{"path": "videos/a.mp4", "bytes": 1234, "sha256": "ab" * 32}]
+    assert "tasks" not in done["detail"]
+    (ledger,) = store.tasks("a")
+    logged = result["detail"]["tasks"][0]
+    assert (ledger["task_uuid"], ledger["status"], ledger["billed_cost"], ledger["cost_source"]) == (
+        logged["task_uuid"], logged["status"], logged["billed_cost"], logged["cost_source"],
+    )  # fmt: skip
+
+
+def test_a_new_attempt_logs_its_task_with_attempt_run_and_estimate(store: StateStore) -> None:
+    store.ensure_job("a", **SPEC)
+    sent = TaskEntry("t-1", TaskStatus.SUBMITTING, attempt=1, spec_hash="h1", run_id=3,
+                     estimated_cost=0.35)  # fmt: skip
+    store.transition("a", S.SUBMITTING, tasks=[sent], task_uuid="t-1", attempts=1)
+    assert store.events("a")[-1]["detail"]["tasks"] == [
+        {"task_uuid": "t-1", "status": "submitting", "attempt": 1, "run_id": 3,
+         "estimated_cost": 0.35}
+    ]  # fmt: skip
+
+
+def test_settling_a_task_logs_its_whole_entry_in_the_same_commit(
+    store: StateStore, path: Path
+) -> None:
+    store.ensure_job("a", **SPEC)
+    entry = TaskEntry("t-9", TaskStatus.BILLED, billed_cost=0.5, cost_source="estimate")
+    store.settle_task("a", entry)
+    assert store.events("a")[-1]["detail"] == {
+        "task_uuid": "t-9",
+        "status": "billed",
+        "billed_cost": 0.5,
+        "cost_source": "estimate",
+    }
+    sql(path, "create trigger no_events before insert on events "
+             "begin select raise(abort, 'disk full, say'); end;")  # fmt: skip
+    with pytest.raises(sqlite3.IntegrityError, match="disk full"):
+        store.settle_task("a", TaskEntry("t-10", TaskStatus.REFUSED, billed_cost=0.0))
+    assert [t["task_uuid"] for t in store.tasks("a")] == ["t-9"]  # the ledger row went too
+
+
 def test_fields_round_trip_through_a_reopened_file(path: Path) -> None:
     with StateStore.open(path) as store:
         store.ensure_job("å-1", **{**SPEC, "vars": {"lang": "日本語", "take": "2"}})
@@ -357,7 +415,6 @@ def test_fields_round_trip_through_a_reopened_file(path: Path) -> None:
     assert read is not None
     for name, value in fields.items():
         assert getattr(read, name) == value
-    assert read.vars == {"lang": "日本語", "take": "2"}
     assert read.status is S.DONE
 
 
@@ -403,8 +460,18 @@ def test_each_public_write_commits_exactly_once(store: StateStore) -> None:
         lambda: store.ensure_jobs([JobSpec("b", **SPEC), JobSpec("c", **SPEC)]),
         lambda: store.ensure_job("a", **{**SPEC, "spec_hash": "h2"}),
         lambda: store.transition("a", S.UPLOADING),
-        lambda: store.record_event("a", "api", {"status": 200}),
+        lambda: store.transition(
+            "a",
+            S.SUBMITTING,
+            tasks=[TaskEntry("t-1", TaskStatus.SUBMITTING)],
+            files=[OwnedFile("videos/a.mp4")],
+            task_uuid="t-1",
+        ),
+        lambda: store.settle_task("a", TaskEntry("t-1", TaskStatus.REFUSED, billed_cost=0.0)),
         lambda: store.record_upload("sha", "image", "u-1", None),
+        lambda: store.own_files([OwnedFile("report.md")]),
+        lambda: store.rename_outputs({"a": {"videos/a.mp4": "videos/b.mp4"}}),
+        lambda: store.set_meta("target", "sandbox"),
         lambda: store.finish_run(run, outcome="ok", exit_code=0, summary={}),
     ]
     assert [commits(write) for write in writes] == [1] * len(writes)
@@ -500,12 +567,20 @@ def test_planning_view_matches_plan_stored_job(store: StateStore) -> None:
 def test_events_can_be_read_for_one_job_or_all(store: StateStore) -> None:
     store.ensure_job("a", **SPEC)
     store.ensure_job("b", **SPEC)
-    store.record_event("b", "api", {"status": 429, "retry_after": 1.5})
-    store.record_event(None, "run-note")
-    assert [e["kind"] for e in store.events("b")] == ["created", "api"]
-    assert store.events("b")[-1]["detail"] == {"status": 429, "retry_after": 1.5}
-    assert [(e["job_id"], e["detail"]) for e in store.events()][-1] == (None, None)
-    assert len(store.events()) == 4
+    store.settle_task("b", TaskEntry("t-b", TaskStatus.REFUSED, billed_cost=0.0))
+    store.transition("a", S.UPLOADING)
+    assert [e["kind"] for e in store.events("b")] == ["created", "task"]
+    assert store.events("b")[-1]["detail"] == {
+        "task_uuid": "t-b",
+        "status": "refused",
+        "billed_cost": 0.0,
+    }
+    assert [(e["job_id"], e["kind"]) for e in store.events()] == [
+        ("a", "created"),
+        ("b", "created"),
+        ("b", "task"),
+        ("a", "transition"),
+    ]
 
 
 def test_the_upload_cache_maps_content_and_kind_to_uuid_and_url(path: Path) -> None:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from avatarbatch.errors import AvatarBatchError
-from avatarbatch.state.store import StateError
+from avatarbatch.state.records import StateError
 
 
 class StateLocked(AvatarBatchError):
