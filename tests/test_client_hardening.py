@@ -31,6 +31,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from submitting import submit_one
 from typer.testing import CliRunner
 
 from avatarbatch.cli import progress
@@ -105,7 +106,7 @@ async def test_a_sandbox_message_quoting_the_key_is_redacted(sandbox: MakeClient
     # its real answer carries the key back.
     client, _ = await sandbox()
     with pytest.raises(RejectedError) as caught:
-        await client.submit({"taskType": TEST_KEY, "taskUUID": new_uuid()})
+        await submit_one(client, {"taskType": TEST_KEY, "taskUUID": new_uuid()})
     error = caught.value
     assert error.code == "invalidTaskType"
     assert "Task type '[redacted]' is not supported" in str(error)
@@ -379,7 +380,7 @@ async def test_a_cost_that_is_not_a_price_is_stored_as_unknown(
     async with hostile_client() as (client, api):
         image, audio = await uploads(client)
         task = video_task(image, audio)
-        await client.submit(task)
+        await submit_one(client, task)
         api.lie("getResponse", with_cost(literal))
         state = await wait_for_task(client, task["taskUUID"])
     (result,) = state.results
@@ -396,7 +397,7 @@ async def test_a_real_price_is_kept(literal: str, cost: float) -> None:
     async with hostile_client() as (client, api):
         image, audio = await uploads(client)
         task = video_task(image, audio)
-        await client.submit(task)
+        await submit_one(client, task)
         api.lie("getResponse", with_cost(literal))
         state = await wait_for_task(client, task["taskUUID"])
     assert state.results[0].cost == cost
@@ -406,7 +407,7 @@ async def test_no_number_of_an_answer_is_nan_or_infinite() -> None:
     async with hostile_client() as (client, api):
         image, audio = await uploads(client)
         task = video_task(image, audio)
-        await client.submit(task)
+        await submit_one(client, task)
 
         def odd_seed(exchange: Exchange) -> Response:
             answer = exchange.answer

@@ -20,6 +20,7 @@ import pytest
 from hostile import Exchange, HostileApi
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
+from submitting import submit_one
 
 from avatarbatch.errors import (
     ApiError,
@@ -139,7 +140,7 @@ async def test_an_empty_2xx_to_a_submission_may_have_landed(answer: Response) ->
         assert outcome.task_uuid == task["taskUUID"]  # the caller asks getResponse later
         api.honest()
         with pytest.raises(ConflictError):  # it had landed: sent again, it is not paid twice
-            await client.submit(task)
+            await submit_one(client, task)
         assert api.engine.ledger()["submissions"] == 1
 
 
@@ -535,7 +536,7 @@ async def test_a_result_delivered_to_an_upload_endpoint_has_no_url(sandbox: Make
     image, audio = await uploads(client)
     # Not loopback: the sandbox refuses to PUT there, which this test does not need.
     task = video_task(image, audio, uploadEndpoint="https://bucket.example/out.mp4?sig=x")
-    await client.submit(task)
+    await submit_one(client, task)
     (result,) = (await wait_finished(client, task["taskUUID"])).results
     assert result.video_url is None and result.video_uuid
 
@@ -556,7 +557,7 @@ async def test_answered_and_unknown_over_a_task_s_life(sandbox: MakeClient) -> N
     client, _ = await sandbox(FAST.model_copy(update={"fixed_latency": 0.2}))
     image, audio = await uploads(client)
     task = video_task(image, audio)
-    await client.submit(task)
+    await submit_one(client, task)
     stranger = new_uuid()
     states = await client.poll([task["taskUUID"], stranger])
     running = states[task["taskUUID"]]
@@ -747,7 +748,7 @@ async def test_a_submission_naming_a_forgotten_upload_is_a_stale_input(
     client, _ = await sandbox()
     image, _audio = await uploads(client)
     with pytest.raises(RejectedError) as caught:
-        await client.submit(video_task(image, new_uuid()))
+        await submit_one(client, video_task(image, new_uuid()))
     assert classify.is_stale_input(caught.value)
     stranger = new_uuid()
     state = (await client.poll([stranger]))[stranger]

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from submitting import submit_one
 
 from avatarbatch import catalog
 from avatarbatch.errors import (
@@ -48,7 +49,7 @@ async def test_upload_submit_poll_download(
     client, engine = await sandbox()
     image, audio = await uploads(client)
     task = video_task(image, audio, model=model.id, outputFormat=output_format)
-    await client.submit(task)
+    await submit_one(client, task)
     state = await wait_finished(client, task["taskUUID"])
     (result,) = state.results
     assert Decimal(str(result.cost)) == model.cost(5.486)
@@ -62,7 +63,7 @@ async def test_several_results_are_cumulative_and_distinct(sandbox: MakeClient) 
     client, engine = await sandbox()
     image, audio = await uploads(client)
     task = video_task(image, audio, numberResults=3)
-    await client.submit(task)
+    await submit_one(client, task)
     state = await wait_finished(client, task["taskUUID"], results=3)
     assert len({r.video_uuid for r in state.results}) == 3
     assert len({r.seed for r in state.results}) == 3
@@ -73,7 +74,7 @@ async def test_results_of_a_running_task_are_processing(sandbox: MakeClient) -> 
     client, _ = await sandbox(FAST.model_copy(update={"fixed_latency": 30}))
     image, audio = await uploads(client)
     task = video_task(image, audio, numberResults=2)
-    await client.submit(task)
+    await submit_one(client, task)
     state = (await client.poll([task["taskUUID"]]))[task["taskUUID"]]
     assert state.processing == 2 and not state.results and not state.finished(2)
 
@@ -83,7 +84,7 @@ async def test_two_hundred_tasks_are_polled_in_four_posts(sandbox: MakeClient) -
     image, audio = await uploads(client)
     tasks = [video_task(image, audio) for _ in range(200)]
     for task in tasks:
-        await client.submit(task)
+        await submit_one(client, task)
     before = engine.requests["http_posts"]
     states = await client.poll(t["taskUUID"] for t in tasks)
     assert len(states) == 200
@@ -105,9 +106,9 @@ async def test_reused_task_uuid_is_a_conflict_and_billed_once(sandbox: MakeClien
     client, engine = await sandbox()
     image, audio = await uploads(client)
     task = video_task(image, audio)
-    await client.submit(task)
+    await submit_one(client, task)
     with pytest.raises(ConflictError) as caught:
-        await client.submit(task)
+        await submit_one(client, task)
     assert caught.value.code == "conflictTaskUUID"
     await wait_finished(client, task["taskUUID"])
     ledger = engine.ledger()
@@ -127,7 +128,7 @@ async def test_exhausted_balance_is_a_credit_error(sandbox: MakeClient) -> None:
     client, _ = await sandbox(FAST.model_copy(update={"balance": 0.0}))
     image, audio = await uploads(client)
     with pytest.raises(CreditError) as caught:
-        await client.submit(video_task(image, audio))
+        await submit_one(client, video_task(image, audio))
     assert caught.value.status == 402
 
 
@@ -147,7 +148,7 @@ async def test_invalid_submission_is_rejected_with_its_parameter(
     client, engine = await sandbox()
     image, audio = await uploads(client)
     with pytest.raises(RejectedError) as caught:
-        await client.submit(video_task(image, audio, **fields))
+        await submit_one(client, video_task(image, audio, **fields))
     assert (caught.value.code, caught.value.parameter, caught.value.status) == (
         code,
         parameter,
@@ -161,7 +162,7 @@ async def test_kling_limits_fail_the_generation(sandbox: MakeClient) -> None:
     image, _ = await uploads(client)
     short = await client.upload_media(wav_bytes(1.5), "audio/wav", new_uuid())
     task = video_task(image, short.uuid)
-    await client.submit(task)
+    await submit_one(client, task)
     state = await wait_finished(client, task["taskUUID"])
     (error,) = state.errors
     assert isinstance(error, RejectedError) and error.code == "invalidAudio"
@@ -172,7 +173,7 @@ async def test_failed_generation_is_transient_and_not_billed(sandbox: MakeClient
     client, engine = await sandbox(faulty("task_error=1"))
     image, audio = await uploads(client)
     task = video_task(image, audio)
-    await client.submit(task)
+    await submit_one(client, task)
     state = await wait_finished(client, task["taskUUID"])
     (error,) = state.errors
     assert isinstance(error, TransientError) and error.code in ("timeoutProvider", "providerError")
@@ -190,7 +191,7 @@ async def test_transient_faults_are_retried_to_success(sandbox: MakeClient, spec
     for task in tasks:
         # ConflictError: an earlier attempt landed but its answer was lost; the task exists
         with contextlib.suppress(ConflictError):
-            await client.submit(task)
+            await submit_one(client, task)
     for task in tasks:
         await wait_finished(client, task["taskUUID"])
     ledger = engine.ledger()
@@ -226,11 +227,11 @@ async def test_lost_answer_to_a_submit_turns_into_a_conflict(sandbox: MakeClient
         engine.faults.spec.rates["reset"] = 1.0
         task["inputs"] = {"image": image, "audio": audio}
         with pytest.raises(TransientError):
-            await client.submit(task)
+            await submit_one(client, task)
         if task["taskUUID"] in engine.tasks:
             engine.faults.spec.rates["reset"] = 0.0
             with pytest.raises(ConflictError):
-                await client.submit(task)
+                await submit_one(client, task)
             assert engine.ledger()["submissions"] == 1
             return
     pytest.fail("no seed produced the ambiguous reset")
@@ -242,7 +243,7 @@ async def test_truncated_download_is_retried_then_reported(
     client, engine = await sandbox(faulty("truncate=1"), max_attempts=3)
     image, audio = await uploads(client)
     task = video_task(image, audio)
-    await client.submit(task)
+    await submit_one(client, task)
     state = await wait_finished(client, task["taskUUID"])
     target = tmp_path / "v.part"
     with pytest.raises(TransientError, match="truncated"):
@@ -255,7 +256,7 @@ async def test_expired_result_is_rejected(sandbox: MakeClient, tmp_path: Path) -
     client, engine = await sandbox()
     image, audio = await uploads(client)
     task = video_task(image, audio, ttl=60)
-    await client.submit(task)
+    await submit_one(client, task)
     state = await wait_finished(client, task["taskUUID"])
     for result in engine.tasks[task["taskUUID"]].results:
         result.expires_at = 0  # as if the ttl had passed
@@ -449,7 +450,7 @@ async def test_the_key_never_reaches_a_log_line_or_error(
     try:
         image, audio = await uploads(client)
         task = video_task(image, audio)
-        await client.submit(task)
+        await submit_one(client, task)
         state = await wait_finished(client, task["taskUUID"])
         messages += [str(e) + repr(e) for e in state.errors]
         if state.results:

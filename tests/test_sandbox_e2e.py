@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from submitting import submit_one
 
 from avatarbatch import catalog
 from avatarbatch.errors import TransientError
@@ -95,7 +96,7 @@ async def submit_demo(client: RunwareClient, **fields: Any) -> str:
         "includeCost": True,
         **fields,
     }
-    await client.submit(task)
+    await submit_one(client, task)
     return str(task["taskUUID"])
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from submitting import submit_one
 
 from avatarbatch import catalog
 from avatarbatch.engine.verify import VideoCheckError, verify_video
@@ -338,7 +339,7 @@ async def test_a_client_retries_past_echo_key_and_its_submit_lands(sandbox: Make
     client, engine = await sandbox(config, max_attempts=10)
     image, audio = await uploads(client)
     task = video_task(fixed_uuid("client"), {"image": image, "audio": audio})
-    await client.submit(task)
+    await submit_one(client, task)
     assert engine.faults.injected["echo_key"] >= 1  # at least one attempt was refused first
     assert task["taskUUID"] in engine.tasks
 

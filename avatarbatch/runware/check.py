@@ -4,8 +4,7 @@ RUNWARE_PROTOCOL.md leaves two things the runner depends on UNCONFIRMED (§3.2, 
 several getResponse tasks may share one POST, and how a task UUID the API does not know is
 answered. A user with a real key can find out here without spending anything: the check sends
 an authentication task and getResponse tasks for random UUIDs, which create nothing and
-render nothing. The answer is saved (`save`) so that later commands can read it (`load_fresh`)
-instead of asking again.
+render nothing. What it learnt is saved and read back by `findings.py`.
 
 The requests are made with plain httpx rather than through `RunwareClient`, on purpose: the
 client interprets answers (an error naming no task is raised, a 400 of per-task errors becomes
@@ -19,38 +18,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
-import os
 import statistics
-import tempfile
 import time
 import uuid as _uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
-from avatarbatch.errors import (
-    AuthError,
-    AvatarBatchError,
-    CreditError,
-    RejectedError,
-    TransientError,
-    UsageError,
-)
+from avatarbatch.errors import AuthError, AvatarBatchError, CreditError, TransientError, UsageError
 from avatarbatch.redact import scrub
 from avatarbatch.runware import classify
-from avatarbatch.runware.client import USER_AGENT, ClientSettings, WaitRetryAfter, make_http_client
+from avatarbatch.runware.findings import (
+    CheckResult,
+    UnknownTaskWord,
+    default_folder,
+    load_fresh,
+    refused_batches,
+    save,
+    stored_url,
+    summary_lines,
+)
+from avatarbatch.runware.settings import USER_AGENT, ClientSettings
+from avatarbatch.runware.transport import WaitRetryAfter, make_http_client, read_capped
+
+# What the check learnt lives in findings.py; the CLI reaches all of it through this module.
+__all__ = [
+    "CheckError",
+    "CheckResult",
+    "default_folder",
+    "load_fresh",
+    "refused_batches",
+    "run_check",
+    "save",
+    "summary_lines",
+]
 
 log = logging.getLogger("avatarbatch.check")
 
-CHECK_FILE = "check.json"
 #: Deadline of one request of the check. The run's own default (`request_timeout`, 5 min) is
 #: sized for uploads; these requests carry a few hundred bytes each way.
 CHECK_TIMEOUT = 30.0
@@ -60,40 +69,8 @@ MAX_ATTEMPTS = 3
 #: Answers to these requests are tiny; anything larger is not read (a broken or hostile
 #: server must not cost memory).
 MAX_ANSWER_BYTES = 1024 * 1024
-#: A saved check dated this far in the future is not trusted: the clock moved, or the file
-#: was made elsewhere. A little slack allows for clocks adjusted by NTP.
-FUTURE_SLACK = 300.0
 #: Server-sent words kept in the result (an error code, an item status) are clipped to this.
 MAX_DETAIL = 60
-
-UnknownTaskWord = str  # "error", "empty", "error-without-uuid", "item", "http-<code>"
-
-
-class CheckResult(BaseModel):
-    """What one check learnt. Saved as JSON; holds no secret."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    api_url: str
-    auth: Literal["ok", "refused"]
-    #: True: several getResponse tasks in one POST are answered task by task; False: such a
-    #: POST is refused as a whole; None: not asked (key refused) or the answers could not
-    #: tell the two apart.
-    batched_polls: bool | None = None
-    #: How a getResponse for an unknown UUID is answered: "error" (an error naming the task),
-    #: "empty" (no item and no error), "error-without-uuid", "item" (an item with some
-    #: status), or "http-<code>" (an HTTP error with no error detail). None: not asked.
-    unknown_task: UnknownTaskWord | None = None
-    #: the error code of that answer (such as taskFailedOrNotFound), or the item's status
-    unknown_task_detail: str | None = None
-    round_trip_ms: float | None = None  #: median over the requests that got an answer
-    checked_at: float  #: unix time
-
-    def as_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-
-# --- running the check ---------------------------------------------------------------------
 
 
 async def run_check(
@@ -176,7 +153,7 @@ class _Checker:
             if single.refuses_key():
                 return self._result(auth="refused")
             if not single.speaks_runware():
-                shown = _stored_url(self._settings.api_url)
+                shown = stored_url(self._settings.api_url)
                 raise CheckError(
                     f"{shown} answered neither the authentication check nor a getResponse "
                     f"like the Runware API (HTTP {auth.status}, then HTTP {single.status}); "
@@ -203,7 +180,7 @@ class _Checker:
     def _result(self, **fields: Any) -> CheckResult:
         rtt = round(statistics.median(self._seconds) * 1000, 1) if self._seconds else None
         return CheckResult(
-            api_url=_stored_url(self._settings.api_url),
+            api_url=stored_url(self._settings.api_url),
             round_trip_ms=rtt,
             checked_at=time.time(),
             **fields,
@@ -232,14 +209,14 @@ class _Checker:
 
     async def _post_once(self, tasks: list[dict[str, Any]], what: str) -> _Answer:
         url = self._settings.api_url
-        shown = _stored_url(url)  # for messages: hides a key someone put into the URL
+        shown = stored_url(url)  # for messages: hides a key someone put into the URL
         headers = {"Authorization": f"Bearer {self._key()}", "User-Agent": USER_AGENT}
         timeout = min(self._settings.request_timeout, CHECK_TIMEOUT)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
                 async with self._http.stream("POST", url, json=tasks, headers=headers) as response:
-                    content = await _read_capped(response)
+                    content = await read_capped(response, MAX_ANSWER_BYTES)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise TransientError(
                 f"the {what} got no answer from {shown} within {timeout:g} s; try again later",
@@ -288,21 +265,6 @@ class _Checker:
 def _log_retry(retry_state: Any) -> None:
     error = retry_state.outcome.exception() if retry_state.outcome else None
     log.info("check: retrying after attempt %d: %s", retry_state.attempt_number, error)
-
-
-async def _read_capped(response: httpx.Response) -> bytes | None:
-    """The body, or None when it is (or says it is) larger than MAX_ANSWER_BYTES."""
-    declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _parse(content: bytes | None, status: int) -> _Answer:
@@ -386,132 +348,3 @@ def _batched_verdict(
         and set(single.codes()) == set(batched.codes())
     )
     return None if same else False
-
-
-# --- the saved check -----------------------------------------------------------------------
-
-
-def _stored_url(api_url: str) -> str:
-    # The URL is scrubbed like any text that could hold a key (someone may paste one into a
-    # query string); comparisons in load_fresh scrub the same way, so they still match.
-    return scrub(api_url.strip())
-
-
-def default_folder(environ: Mapping[str, str] | None = None) -> Path:
-    """Where `check` saves when given no state folder: $XDG_CACHE_HOME/avatarbatch, else
-    ~/.cache/avatarbatch. `environ`: os.environ unless given (the CLI may pass its own).
-    """
-    env = os.environ if environ is None else environ
-    cache = env.get("XDG_CACHE_HOME", "")
-    # The XDG spec says a relative path there is invalid and to be ignored.
-    if cache and Path(cache).is_absolute():
-        return Path(cache) / "avatarbatch"
-    try:
-        return Path.home() / ".cache" / "avatarbatch"
-    except RuntimeError:  # no HOME and no passwd entry (a bare container): no cache then
-        return Path(tempfile.gettempdir()) / f"avatarbatch-cache-{os.getuid()}"
-
-
-def save(result: CheckResult, folder: Path) -> Path:
-    """Write `folder/check.json` (mode 0600, replaced whole) and return its path.
-
-    Written to a temporary file and renamed over the old one: a reader never sees half a
-    file, and an interrupted save leaves the previous check in place.
-    """
-    path = folder / CHECK_FILE
-    text = json.dumps(result.as_json(), indent=2, sort_keys=True) + "\n"
-    # A name of its own (O_EXCL): two checks saving at once never write into one file.
-    temporary = folder / f".{CHECK_FILE}.{_uuid.uuid4().hex}.tmp"
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # exactly 0600: a umask can only take bits away, so be exact
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
-        temporary.replace(path)
-    except OSError as exc:
-        raise AvatarBatchError(f"cannot save the check to {path}: {exc.strerror or exc}") from exc
-    return path
-
-
-def load_fresh(
-    folder: Path, api_url: str, *, max_age: float = 24 * 3600, now: float | None = None
-) -> CheckResult | None:
-    """The check saved in `folder` for `api_url`, if it is at most `max_age` seconds old.
-
-    None when there is none, it cannot be read, it is stale or dated in the future, it is
-    about another API, or it records a refused key: a refusal is always asked again, since
-    the only thing to do after one is to fix the key.
-    """
-    try:
-        text = (folder / CHECK_FILE).read_text(encoding="utf-8")
-        result = CheckResult.model_validate_json(text)
-    except (OSError, UnicodeDecodeError, ValidationError):
-        return None
-    if result.api_url != _stored_url(api_url) or result.auth != "ok":
-        return None
-    age = (time.time() if now is None else now) - result.checked_at
-    if age > max_age or age < -FUTURE_SLACK:
-        return None
-    return result
-
-
-# --- showing it ----------------------------------------------------------------------------
-
-
-def summary_lines(result: CheckResult) -> list[str]:
-    """The check as lines for people, one finding each."""
-    lines = [f"API: {result.api_url}"]
-    if result.auth == "refused":
-        lines.append("key: refused (check RUNWARE_API_KEY); nothing else was asked")
-    else:
-        lines.append("key: accepted")
-        lines.append(f"several getResponse tasks in one request: {_batched_text(result)}")
-        lines.append(f"an unknown task is answered with: {_unknown_text(result)}")
-    if result.round_trip_ms is not None:
-        lines.append(f"round trip: {result.round_trip_ms:.0f} ms")
-    moment = datetime.datetime.fromtimestamp(result.checked_at, datetime.UTC)
-    lines.append(f"checked at: {moment:%Y-%m-%d %H:%M:%S} UTC")
-    return lines
-
-
-def _batched_text(result: CheckResult) -> str:
-    if result.batched_polls is True:
-        return "accepted (the run batches its polls)"
-    if result.batched_polls is False:
-        return "refused (the run will poll one task per request)"
-    return "could not tell (the answers did not say)"
-
-
-def _unknown_text(result: CheckResult) -> str:
-    word, detail = result.unknown_task, result.unknown_task_detail
-    code = f" ({detail})" if detail else ""
-    if word == "error":
-        # What the runner makes of it matters: a not-found error tells it that a submit whose
-        # answer was lost never landed, so it may submit again without paying twice.
-        known = bool(detail) and classify.is_not_found(RejectedError("", code=detail))
-        meaning = "which the run reads" if known else "which the run does not read"
-        return f"an error naming the task{code}, {meaning} as 'not found'"
-    if word == "error-without-uuid":
-        return f"an error that names no task{code}"
-    if word == "empty":
-        return "an empty answer (no item, no error)"
-    if word == "item":
-        return f"an item with status {detail or '(none)'}"
-    if word is not None and word.startswith("http-"):
-        return f"HTTP {word.removeprefix('http-')} with no error detail{code}"
-    return "not asked"
-
-
-def refused_batches(environ: Mapping[str, str], api_url: str) -> bool:
-    """Whether a fresh check of this API, saved where `check` saves, found batched polls
-    refused: `run` then polls one task per request from its very first poll."""
-    found = load_fresh(default_folder(environ), api_url)
-    return found is not None and found.batched_polls is False

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("avatarbatch.limits")
 
@@ -23,16 +23,23 @@ RECOVER_AFTER = 5.0  #: quiet seconds before the rate is raised again
 RECOVER_FACTOR = 1.25
 RECENT = 2.0  #: seconds of history that decide whether 429s are common
 OVERLOAD_SHARE = 0.2  #: this share of recent requests refused means the API is overloaded
+MIN_RPS = 0.2  #: the rate never halves below this (or the target, if lower)
+#: Requests answered together come back 429 together: the rate halves at most once per this.
+HALVING_INTERVAL = 1.0
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class SlidingWindow:
     """At most `count` acquisitions in any `period` seconds."""
 
-    def __init__(self, rps: float, clock: Callable[[], float]) -> None:
+    def __init__(self, rps: float, clock: Clock, sleep: Sleep = asyncio.sleep) -> None:
         # Below one request per second, the window widens instead: 0.5 rps = 1 per 2 s.
         self.count = max(1, int(rps))
         self.period = self.count / rps
         self._clock = clock
+        self._sleep = sleep
         self._sent: deque[float] = deque()
         self._lock = asyncio.Lock()
 
@@ -45,14 +52,23 @@ class SlidingWindow:
                 if len(self._sent) < self.count:
                     self._sent.append(now)
                     return
-                await asyncio.sleep(self._sent[0] + self.period - now)
+                await self._sleep(self._sent[0] + self.period - now)
 
 
 class RateLimiter:
-    """A shared gate for API requests (implements runware.RequestGate)."""
+    """A shared gate for API requests (implements transport.RequestGate).
+
+    `clock` and `sleep` are the time it lives in: monotonic seconds and asyncio's sleep, or a
+    test's fake ones.
+    """
 
     def __init__(
-        self, rps: float, *, min_rps: float = 0.2, clock: Callable[[], float] = time.monotonic
+        self,
+        rps: float,
+        *,
+        min_rps: float = MIN_RPS,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         if rps <= 0:
             raise ValueError("rps must be positive")
@@ -60,7 +76,8 @@ class RateLimiter:
         self.min_rps = min(min_rps, rps)
         self.current_rps = rps
         self._clock = clock
-        self._bucket = SlidingWindow(rps, clock)
+        self._sleep = sleep
+        self._bucket = SlidingWindow(rps, clock, sleep)
         self._paused_until = 0.0
         self._last_throttle = float("-inf")
         self._last_halving = float("-inf")
@@ -72,7 +89,7 @@ class RateLimiter:
         """Wait for a request slot: after any Retry-After pause, then within the rate."""
         self._maybe_recover()
         while (wait := self._paused_until - self._clock()) > 0:
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
         await self._bucket.acquire()
         self._requests.append(self._clock())
 
@@ -82,8 +99,8 @@ class RateLimiter:
         A stray 429 only delays its own request (the client's retry waits its Retry-After);
         reacting to every one would let a few random refusals starve a healthy batch. Once at
         least OVERLOAD_SHARE of recent requests were refused, the API is overloaded: all
-        requests pause for Retry-After and the rate halves (at most once per second, since
-        requests sent together come back 429 together).
+        requests pause for Retry-After and the rate halves (at most once per
+        HALVING_INTERVAL, since requests sent together come back 429 together).
         """
         now = self._clock()
         self.throttles += 1
@@ -98,7 +115,7 @@ class RateLimiter:
             return
         if retry_after:
             self._paused_until = max(self._paused_until, now + retry_after)
-        if now - self._last_halving < 1.0:
+        if now - self._last_halving < HALVING_INTERVAL:
             return
         self._last_halving = now
         slower = max(self.min_rps, self.current_rps / 2)
@@ -115,4 +132,4 @@ class RateLimiter:
 
     def _set_rate(self, rps: float) -> None:
         self.current_rps = rps
-        self._bucket = SlidingWindow(rps, self._clock)
+        self._bucket = SlidingWindow(rps, self._clock, self._sleep)
