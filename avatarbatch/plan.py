@@ -16,8 +16,11 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel
+
 from avatarbatch.jsonlines import json_with_item_lines
 from avatarbatch.manifest.document import Job
+from avatarbatch.manifest.fields import JobFields
 from avatarbatch.manifest.media import MediaInfo, MediaRef
 
 
@@ -34,6 +37,15 @@ class PlanStatus(StrEnum):
 
 RUNS = frozenset({PlanStatus.NEW, PlanStatus.CHANGED, PlanStatus.UNFINISHED})
 DAMAGED = "damaged"  #: a StoredJob status: done in the state file, its video not as downloaded
+#: Stored statuses a plan takes as they are: the state's `done` and `failed` (plan sits below
+#: the state layer, so it knows them by value); any other stored status is unfinished work.
+SETTLED = {PlanStatus.DONE.value: PlanStatus.DONE, PlanStatus.FAILED.value: PlanStatus.FAILED}
+#: The JobFields spec_hash covers: all but names (id, vars) and the media text, which it
+#: covers by identity instead
+HASHED = tuple(f for f in JobFields.model_fields if f not in {"id", "vars", "portrait", "audio"})
+#: decimals of every money figure shown to people: per-second prices ($0.044 x 12.345 s) need 5
+MONEY_PLACES = 5
+SECONDS_PLACES = 3  #: decimals of audio seconds written: Runware bills whole milliseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +53,7 @@ class StoredJob:
     """What the state file knows about a job, as far as planning needs it."""
 
     spec_hash: str
-    status: str
+    status: str  #: a state status (`done`, `failed`, ...) or DAMAGED
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,25 +67,66 @@ class PlannedJob:
 
 @dataclass
 class Totals:
+    """Jobs, audio and money summed over a group of jobs: a plan's or a report's, overall, per
+    model, per var value or per status.
+
+    Sums are floats: each job's own estimate is exact (a Decimal in `PlannedJob`), and every
+    total is shown or written rounded to MONEY_PLACES, where float sums of such figures agree
+    with exact ones; a Decimal per figure would slow the reports of a big batch.
+    """
+
     jobs: int = 0
     audio_seconds: float = 0.0
-    estimated_cost: Decimal = Decimal(0)
-    unknown_cost_jobs: int = 0  #: jobs whose audio length is unknown, not in the sums
+    estimated_cost: float = 0.0
+    actual_cost: float = 0.0  #: what the provider billed (reports only)
+    earlier_cost: float = 0.0  #: the part of actual_cost billed for superseded attempts
+    unknown_cost_jobs: int = 0  #: jobs without an estimate (audio of unknown length)
 
-    def add(self, planned: PlannedJob) -> None:
-        self.jobs += 1
-        if planned.estimated_cost is None or planned.audio_seconds is None:
+    def add(
+        self,
+        *,
+        audio_seconds: float | None,
+        estimated_cost: Decimal | float | None,
+        actual_cost: float | None = None,
+        earlier_cost: float = 0.0,
+        jobs: int = 1,
+    ) -> None:
+        """Count one job (`jobs=0` for a row whose cost counts but which is no job)."""
+        self.jobs += jobs
+        if estimated_cost is None:
             self.unknown_cost_jobs += 1
         else:
-            self.audio_seconds += planned.audio_seconds
-            self.estimated_cost += planned.estimated_cost
+            self.estimated_cost += float(estimated_cost)
+        self.audio_seconds += audio_seconds or 0.0
+        self.actual_cost += actual_cost or 0.0
+        self.earlier_cost += earlier_cost
 
-    def as_dict(self) -> dict[str, Any]:
+    def merge(self, other: Totals) -> None:
+        """Add another group's sums to this one's."""
+        self.jobs += other.jobs
+        self.audio_seconds += other.audio_seconds
+        self.estimated_cost += other.estimated_cost
+        self.actual_cost += other.actual_cost
+        self.earlier_cost += other.earlier_cost
+        self.unknown_cost_jobs += other.unknown_cost_jobs
+
+    def estimate_dict(self) -> dict[str, Any]:
+        """A plan's JSON shape: what the jobs will cost."""
         return {
             "jobs": self.jobs,
-            "audio_seconds": round(self.audio_seconds, 3),
-            "estimated_cost": float(self.estimated_cost),
+            "audio_seconds": round(self.audio_seconds, SECONDS_PLACES),
+            "estimated_cost": round(self.estimated_cost, MONEY_PLACES),
             "unknown_cost_jobs": self.unknown_cost_jobs,
+        }
+
+    def rounded(self) -> dict[str, Any]:
+        """A report's JSON shape: what the jobs were estimated to cost and did cost."""
+        return {
+            "jobs": self.jobs,
+            "audio_seconds": round(self.audio_seconds, SECONDS_PLACES),
+            "estimated_cost": round(self.estimated_cost, MONEY_PLACES),
+            "actual_cost": round(self.actual_cost, MONEY_PLACES),
+            "earlier_cost": round(self.earlier_cost, MONEY_PLACES),
         }
 
 
@@ -85,12 +138,8 @@ class Plan:
     by_model: dict[str, Totals] = field(default_factory=dict)
     by_var: dict[str, dict[str, Totals]] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON shape of `avatarbatch plan --json`."""
-        return {"jobs": list(self.job_dicts()), "totals": self.totals_dict()}
-
     def json_text(self, **fields: Any) -> Iterator[str]:
-        """`as_dict()` (and `fields`, e.g. the exit code) as JSON text, one job per line."""
+        """`avatarbatch plan --json` (and `fields`, e.g. the exit code), one job per line."""
         return json_with_item_lines(
             {"jobs": None, "totals": self.totals_dict(), **fields}, "jobs", self.job_dicts()
         )
@@ -109,11 +158,11 @@ class Plan:
 
     def totals_dict(self) -> dict[str, Any]:
         return {
-            **self.totals.as_dict(),
-            "to_run": self.to_run.as_dict(),
-            "by_model": {name: t.as_dict() for name, t in self.by_model.items()},
+            **self.totals.estimate_dict(),
+            "to_run": self.to_run.estimate_dict(),
+            "by_model": {name: t.estimate_dict() for name, t in self.by_model.items()},
             "by_var": {
-                var: {value: t.as_dict() for value, t in values.items()}
+                var: {value: t.estimate_dict() for value, t in values.items()}
                 for var, values in self.by_var.items()
             },
         }
@@ -126,22 +175,18 @@ def spec_hash(job: Job, media: Mapping[str, MediaInfo]) -> str:
         info = media.get(ref.value)
         return f"sha256:{info.sha256}" if info else f"{ref.kind.value}:{ref.value}"
 
-    spec = {
-        "model": job.model,
-        "prompt": job.prompt,
-        "portrait": input_identity(job.portrait),
-        "audio": input_identity(job.audio),
-        "output_format": job.output_format,
-        "output_quality": job.output_quality,
-        "number_results": job.number_results,
-        "ttl": job.ttl,
-        "safety": job.safety.model_dump() if job.safety else None,
-        "webhook_url": job.webhook_url,
-        "upload_endpoint": job.upload_endpoint,
-        "include_cost": job.include_cost,
-    }
-    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    # Its keys and values must stay stable: a changed hash would pay for every done video again.
+    spec = {name: getattr(job, name) for name in HASHED}
+    spec.update(portrait=input_identity(job.portrait), audio=input_identity(job.audio))
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=_as_data)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _as_data(value: object) -> Any:
+    """A nested model (Safety) in the spec, as the JSON data it dumps to."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    raise TypeError(f"{type(value).__name__} has no JSON form")
 
 
 def plan_status(stored: StoredJob | None, digest: str) -> PlanStatus:
@@ -151,11 +196,7 @@ def plan_status(stored: StoredJob | None, digest: str) -> PlanStatus:
         return PlanStatus.CHANGED
     if stored.status == DAMAGED:
         return PlanStatus.REFETCH
-    if stored.status == "done":
-        return PlanStatus.DONE
-    if stored.status == "failed":
-        return PlanStatus.FAILED
-    return PlanStatus.UNFINISHED
+    return SETTLED.get(stored.status, PlanStatus.UNFINISHED)
 
 
 def plan_job(job: Job, media: Mapping[str, MediaInfo], stored: StoredJob | None) -> PlannedJob:
@@ -175,10 +216,14 @@ def build_plan(
     stored = stored or {}
     plan = Plan([plan_job(job, media, stored.get(job.id)) for job in jobs])
     for planned in plan.jobs:
-        plan.totals.add(planned)
+        estimate = None if planned.estimated_cost is None else float(planned.estimated_cost)
+        groups = [plan.totals, plan.by_model.setdefault(planned.job.model, Totals())]
         if planned.status in RUNS:
-            plan.to_run.add(planned)
-        plan.by_model.setdefault(planned.job.model, Totals()).add(planned)
-        for var, value in planned.job.vars.items():
-            plan.by_var.setdefault(var, {}).setdefault(value, Totals()).add(planned)
+            groups.append(plan.to_run)
+        groups += [
+            plan.by_var.setdefault(var, {}).setdefault(value, Totals())
+            for var, value in planned.job.vars.items()
+        ]
+        for totals in groups:
+            totals.add(audio_seconds=planned.audio_seconds, estimated_cost=estimate)
     return plan

@@ -20,9 +20,14 @@ from avatarbatch.cli import progress, views
 from avatarbatch.engine.batch import RunSummary
 from avatarbatch.manifest.document import load_manifest
 from avatarbatch.manifest.preflight import preflight
-from avatarbatch.plan import build_plan
-from avatarbatch.report.data import REMOVED, JobReport, ReportData, Totals, money
-from avatarbatch.report.files import cost_csv, report_files, summary_markdown, write_reports
+from avatarbatch.plan import Totals, build_plan
+from avatarbatch.report.data import REMOVED, JobReport, ReportData, money
+from avatarbatch.report.files import (
+    cost_csv_lines,
+    report_files,
+    summary_markdown,
+    write_reports,
+)
 from avatarbatch.state.store import JobStatus, StateStore
 
 #: a dollar figure with anything but 5 decimals
@@ -202,7 +207,7 @@ def test_files_line_names_videos_and_counts_further_gallery_pages(
 def test_csv_totals_count_jobs_in_a_jobs_column_not_in_status() -> None:
     gone = job("old", REMOVED, estimated=None, actual=0.5, outputs=[])
     data = report_data([job("a"), job("b"), job("c", "failed", actual=0.0)], removed=[gone])
-    rows = list(csv.DictReader(io.StringIO(cost_csv(data))))
+    rows = list(csv.DictReader(io.StringIO("".join(cost_csv_lines(data)))))
     header = list(rows[0])
     assert header[header.index("status") + 1] == "jobs"
     by_id = {row["id"]: row for row in rows}

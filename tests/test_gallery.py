@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from avatarbatch.report.data import JobReport, ReportData, Totals
-from avatarbatch.report.gallery import gallery_pages, render_gallery
+from avatarbatch.plan import Totals
+from avatarbatch.report.data import JobReport, ReportData
+from avatarbatch.report.gallery import gallery_pages
 from avatarbatch.sandbox.render import OutputFormat, render_video
 from conftest import DEMO
 
@@ -56,6 +57,11 @@ def job(
         error=error,
         cost_mismatch=mismatch,
     )
+
+
+def render_gallery(data: ReportData) -> str:
+    """The first page of the gallery, whole: all of it for these small reports."""
+    return "".join(next(gallery_pages(data)).chunks)
 
 
 def report(*jobs: JobReport) -> ReportData:

@@ -42,13 +42,13 @@ def test_without_state_every_job_is_new_and_estimated(checked: Preflight) -> Non
         Decimal("0.176"),  # 4 s x 0.044
         Decimal("0.696"),  # 4 s x 0.087 x 2 results
     ]
-    assert plan.totals.estimated_cost == Decimal("1.004")
+    assert plan.totals.estimated_cost == pytest.approx(1.004)
     assert plan.totals.audio_seconds == pytest.approx(11.0)
 
 
 def test_totals_by_model_and_by_var(checked: Preflight) -> None:
     assert checked.manifest is not None
-    totals = build_plan(checked.manifest.jobs, checked.media).as_dict()["totals"]
+    totals = build_plan(checked.manifest.jobs, checked.media).totals_dict()
     assert totals["by_model"]["klingai:avatar@2.0-pro"] == {
         "jobs": 1,
         "audio_seconds": 4.0,
@@ -70,7 +70,7 @@ def test_statuses_come_from_the_stored_spec_hash(checked: Preflight) -> None:
     }
     plan = build_plan(jobs, checked.media, stored)
     assert [p.status for p in plan.jobs] == [PlanStatus.DONE, PlanStatus.CHANGED, PlanStatus.FAILED]
-    assert plan.to_run.jobs == 1 and plan.to_run.estimated_cost == Decimal("0.176")
+    assert plan.to_run.jobs == 1 and plan.to_run.estimated_cost == pytest.approx(0.176)
 
 
 def test_unfinished_job_is_picked_up(checked: Preflight) -> None:

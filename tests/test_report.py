@@ -21,8 +21,9 @@ from avatarbatch.engine.batch import BatchOptions, RunSummary, run_batch
 from avatarbatch.engine.poller import PollTiming
 from avatarbatch.manifest.document import load_manifest
 from avatarbatch.report import gallery
-from avatarbatch.report.data import build_report
-from avatarbatch.report.files import cost_csv, safe_cell
+from avatarbatch.report.data import FINISHED, build_report, tally_by_status
+from avatarbatch.report.failures import failures_manifest
+from avatarbatch.report.files import cost_csv_lines, safe_cell
 from avatarbatch.runware.client import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
@@ -91,11 +92,10 @@ def test_a_var_that_looks_like_a_formula_is_inert_in_the_csv(media: Path, tmp_pa
     )
     manifest = load_manifest(manifest_path)
     with StateStore.open(tmp_path / "s.sqlite") as store:
-        text = cost_csv(
-            build_report(
-                manifest.jobs, store, manifest="m", manifest_sha256="x", output_dir=tmp_path
-            )
+        data = build_report(
+            manifest.jobs, store, manifest="m", manifest_sha256="x", output_dir=tmp_path
         )
+        text = "".join(cost_csv_lines(data))
     note = read_csv_text(text)[0]["note"]
     assert note.startswith("'=")
 
@@ -139,8 +139,6 @@ def test_failures_manifest_reruns_only_the_failed_rows(demo_copy: Path, tmp_path
 def test_failures_manifest_resolves_paths_from_its_new_place(
     demo_copy: Path, tmp_path: Path
 ) -> None:
-    from avatarbatch.report.files import failures_manifest
-
     manifest = load_manifest(demo_copy / "demo.yaml")
     out = tmp_path / "elsewhere" / "out"
     out.mkdir(parents=True)
@@ -217,3 +215,31 @@ def test_init_writes_starters_that_validate_once_media_is_there(tmp_path: Path) 
         assert checked.exit_code == 0, checked.output
     again = runner.invoke(app, ["init", str(folder)])
     assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_one_tally_by_status_counts_jobs_and_sums_their_costs(tmp_path: Path) -> None:
+    with StateStore.open(tmp_path / "s.sqlite") as store:
+        for job_id, estimate in (("a", 0.132), ("b", 0.176), ("c", None)):
+            store.ensure_job(
+                job_id,
+                spec_hash="h",
+                model="klingai:avatar@2.0-standard",
+                number_results=1,
+                audio_seconds=None if estimate is None else 3.0,
+                estimated_cost=estimate,
+                vars={},
+            )
+        for status in (JobStatus.UPLOADING, JobStatus.SUBMITTING, JobStatus.PROCESSING):
+            store.transition("a", status)
+        store.transition("a", JobStatus.DOWNLOADING, actual_cost=0.2)
+        store.transition("a", JobStatus.DONE)
+        tally = tally_by_status(store.overview().values())
+        assert tally.counts(every=JobStatus) == store.counts()
+    assert tally.counts() == {"pending": 2, "done": 1}
+    assert tally.count(JobStatus.DONE) == 1 and tally.count(JobStatus.FAILED) == 0
+    unfinished = tally.totals(status for status in JobStatus if status not in FINISHED)
+    assert (unfinished.jobs, unfinished.unknown_cost_jobs) == (2, 1)
+    assert unfinished.estimated_cost == pytest.approx(0.176)
+    everything = tally.totals()
+    assert everything.actual_cost == pytest.approx(0.2)
+    assert everything.estimated_cost == pytest.approx(0.308)

@@ -21,13 +21,15 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.text import Text
 
 from avatarbatch.redact import RedactingFilter
-from avatarbatch.report.data import money
+from avatarbatch.report.data import FINISHED, money
+from avatarbatch.state.store import JobStatus
 
-STAGES = ("pending", "uploading", "submitting", "processing", "downloading", "done", "failed")
+#: The statuses between pending and finished, counted on the bar while jobs are in them.
+BUSY = (JobStatus.UPLOADING, JobStatus.SUBMITTING, JobStatus.PROCESSING, JobStatus.DOWNLOADING)
 #: How a status reads to people. An `uploading` job keeps that status from its upload until a
 #: render slot (--concurrency) is free, and uploads are once per file content, so most of the
 #: jobs counted there are waiting for a slot: state counts cannot tell the two apart.
-STAGE_LABELS = {"uploading": "waiting"}
+STAGE_LABELS: dict[str, str] = {JobStatus.UPLOADING: "waiting"}
 MIN_FINISHED = 3  #: jobs finished in this run before an ETA is shown (fewer in a tiny run)
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  #: every log line's time, on a terminal and in a cron log
 
@@ -128,19 +130,20 @@ class RunProgress:
             self._progress.update(self._task, total=total)
 
     def update(self, counts: Mapping[str, int], cost_actual: float, cost_estimated: float) -> None:
-        finished = counts.get("done", 0) + counts.get("failed", 0)
+        finished = sum(counts.get(status, 0) for status in FINISHED)
         if self._total is not None and (self._start is None or finished < self._start[1]):
             # finished jobs can go down once: failed ones put back for --retry-failed
             self._start = (self._clock() if self._start is None else self._start[0], finished)
         if self._progress is None:
             return
-        busy = " ".join(f"{stage_label(s)}:{counts[s]}" for s in STAGES[1:5] if counts.get(s))
-        failed = f" failed:{counts['failed']}" if counts.get("failed") else ""
+        busy = " ".join(f"{stage_label(s)}:{counts[s]}" for s in BUSY if counts.get(s))
+        failed = counts.get(JobStatus.FAILED)
+        failed_text = f" {stage_label(JobStatus.FAILED)}:{failed}" if failed else ""
         self._progress.update(
             self._task,
             completed=finished,
             count=self._count(finished),
-            stages=(busy + failed).strip(),
+            stages=(busy + failed_text).strip(),
             cost=f"{money(cost_actual)} of ~{money(cost_estimated)}",
             eta=self.eta(finished),
         )

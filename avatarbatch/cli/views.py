@@ -1,7 +1,7 @@
 """Human-readable renderings of problems and plans, for the terminal and for cron logs.
 
 Rich draws the tables; on a pipe it drops colour and keeps the layout. Per-job tables are built
-as plain aligned text, because a 10,000-row rich Table takes seconds to lay out.
+as plain aligned text, because rich lays out a Table of thousands of rows slowly.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from avatarbatch import catalog
-from avatarbatch.cli.progress import stage_label
+from avatarbatch.cli.progress import TIME_FORMAT, stage_label
 from avatarbatch.manifest.problems import Problem, Problems, plural
 from avatarbatch.plan import Plan, PlannedJob, PlanStatus, Totals
 from avatarbatch.report.data import money
@@ -45,14 +45,16 @@ def problems_summary(source: str, problems: Problems, jobs: int | None) -> str:
     return f"{source}: valid, {jobs} job{'s' * (jobs != 1)} ({counts})"
 
 
-PRINT_CHUNK = 2000  #: job lines per write: rich handles a few at once far faster than 100,000
+#: job lines per write: a write per line is slow through rich, one write of every line holds
+#: the text of the whole plan in memory
+PRINT_CHUNK = 2000
 
 
 def print_plan(console: Console, plan: Plan, source: str) -> None:
     """The per-job table, then totals by model, by each var, and overall."""
     var_names = sorted(plan.by_var)
     header = ["id", "status", "model", "results", "audio s", "est. cost", *var_names]
-    # Two passes over the rows instead of one list of them: 100,000 rows of text is 60 MB.
+    # Two passes over the rows instead of one list of them, which would hold a big plan's text.
     widths = [len(h) for h in header]
     for row in (_job_row(p, var_names) for p in plan.jobs):
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
@@ -183,4 +185,4 @@ def last_run_line(run: Mapping[str, Any], *, running: bool | None = None) -> str
 def _utc(timestamp: object) -> str:
     if not isinstance(timestamp, int | float):
         return "?"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+    return time.strftime(TIME_FORMAT, time.gmtime(timestamp))

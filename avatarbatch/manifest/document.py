@@ -6,36 +6,25 @@ Reading happens in three passes, each collecting problems instead of stopping:
 2. each row: defaults merged in, `{placeholders}` filled, values checked by `JobFields`,
    media references classified and resolved against the folder of the file that named them;
 3. across rows: unique ids and unique output file names.
-Media files are not opened here; `preflight` probes them.
+This module does pass 1; `resolve.Resolver` passes 2 and 3. Media files are not opened here;
+`preflight` probes them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import ValidationError
-
-from avatarbatch import catalog
 from avatarbatch.errors import ManifestError
 from avatarbatch.manifest import paths
-from avatarbatch.manifest.fields import (
-    MAX_ID_LENGTH,
-    SCALAR_FIELDS,
-    TEMPLATED_FIELDS,
-    JobFields,
-    Safety,
-    describe_error,
-    is_valid_id,
-    suggestion,
-)
-from avatarbatch.manifest.media import MediaRef, MediaRefError, parse_ref
+from avatarbatch.manifest.fields import suggestion
+from avatarbatch.manifest.job import Job, Manifest
 from avatarbatch.manifest.problems import Origin, Problems, shorten
+from avatarbatch.manifest.resolve import Resolver
 from avatarbatch.manifest.rows import (
     RawRow,
+    consumed,
     csv_columns,
     expand_matrix,
     is_csv_column,
@@ -53,48 +42,21 @@ from avatarbatch.manifest.sources import (
     parse_yaml,
     read_text,
 )
-from avatarbatch.manifest.templates import TemplateError, output_name, render
+
+# Job and Manifest are defined in `manifest.job` and exported from here too, with the reader.
+__all__ = [
+    "CSV_SUFFIXES",
+    "DEFAULT_FILENAME",
+    "TOP_LEVEL_KEYS",
+    "Job",
+    "Manifest",
+    "load_manifest",
+    "read_manifest",
+]
 
 TOP_LEVEL_KEYS = ("version", "defaults", "output", "jobs", "rows", "matrix")
 CSV_SUFFIXES = (".csv", ".tsv")
 DEFAULT_FILENAME = "{id}.{ext}"
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One fully resolved job: what to send, where it came from, what to call its outputs."""
-
-    id: str
-    index: int  #: 1-based position in the manifest
-    origin: Origin
-    model: str
-    portrait: MediaRef
-    audio: MediaRef
-    prompt: str | None
-    output_format: str
-    output_quality: int | None
-    number_results: int
-    ttl: int | None
-    safety: Safety | None
-    webhook_url: str | None
-    upload_endpoint: str | None
-    include_cost: bool
-    vars: dict[str, str]
-    outputs: tuple[str, ...]  #: file names under videos/, one per result
-
-    @property
-    def catalog_model(self) -> catalog.AvatarModel:
-        return catalog.model_by_id(self.model)
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    path: Path
-    sha256: str
-    jobs: tuple[Job, ...]
-    output_dir: Path | None  #: `output.dir`, resolved; None means the default
-    filename: str
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -124,7 +86,8 @@ def read_manifest(path: Path, problems: Problems) -> Manifest | None:
     except ManifestError as exc:
         problems.items.extend(exc.problems)
         return None
-    jobs = _Resolver(document, problems).resolve_all()
+    resolver = Resolver(problems, document.defaults, document.filename, document.filename_origin)
+    jobs = resolver.resolve_all(document.rows)
     if not jobs and not problems.errors:
         problems.error(Origin(path), "has no jobs: add jobs:, rows: or matrix:")
     return Manifest(
@@ -260,7 +223,7 @@ class _Document:
     def add_csv(self, path: Path, text: str, var_columns: list[str] | tuple[str, ...]) -> None:
         table = parse_csv(text, path, lambda column: is_csv_column(column, var_columns))
         columns = csv_columns(table.header, table.header_line, path, var_columns, self.problems)
-        self.rows.extend(row_from_csv(record, path, columns) for record in _consumed(table.rows))
+        self.rows.extend(row_from_csv(record, path, columns) for record in consumed(table.rows))
 
     def _matrix(self, top: YMap) -> None:
         spec = top.get("matrix")
@@ -282,210 +245,5 @@ class _Document:
         return Origin(self.path, mapping.key_lines.get(key, mapping.line))
 
 
-class _Resolver:
-    """Passes 2 and 3: rows to jobs, then checks that span rows."""
-
-    def __init__(self, document: _Document, problems: Problems) -> None:
-        self.document = document
-        self.problems = problems
-        # Big batches name a few files many times: classify and resolve each once, and let
-        # the jobs share the MediaRef (parse_ref was 12% of a profiled 100,000-row rerun).
-        self._refs: dict[tuple[str, str, Path], MediaRef] = {}
-
-    def _ref(self, text: str, role: str, written_in: Path) -> MediaRef:
-        """`text` as a media reference, relative to the file it was written in; parsed once.
-
-        Keyed by that file's own Path object, shared by all its rows, whose hash Python
-        caches: a new `.parent` per row cost 0.3 s of hashing on 100,000 rows.
-        """
-        key = (text, role, written_in)
-        ref = self._refs.get(key)
-        if ref is None:
-            ref = self._refs[key] = parse_ref(text, role, written_in.parent)
-        return ref
-
-    def resolve_all(self) -> list[Job]:
-        jobs: list[Job] = []
-        first_seen: dict[str, Origin] = {}
-        outputs: dict[str, Job] = {}
-        for index, raw in enumerate(_consumed(self.document.rows), start=1):
-            job, job_id = self.resolve(raw.merged_over(self.document.defaults), index)
-            # Rows with other errors count too, so a repeated id is reported in the same pass.
-            if job_id is not None:
-                if job_id in first_seen:
-                    self.problems.error(
-                        raw.origin,
-                        f"duplicate id (also {first_seen[job_id].format()}); ids must be unique",
-                        job=job_id,
-                        field="id",
-                    )
-                    continue
-                first_seen[job_id] = raw.origin
-            if job is None:
-                continue
-            clash = next((name for name in job.outputs if name in outputs), None)
-            if clash is not None:
-                self.problems.error(
-                    job.origin,
-                    f"writes {clash!r}, as job {outputs[clash].id} does; make output.filename "
-                    "unique per job",
-                    job=job.id,
-                )
-                continue
-            outputs.update(dict.fromkeys(job.outputs, job))
-            jobs.append(job)
-        return jobs
-
-    def resolve(self, raw: RawRow, index: int) -> tuple[Job | None, str | None]:
-        """The row as a job (None if it has errors), and its id whenever that is known."""
-        label = f"row {index}"
-        known_id: str | None = None
-        values = dict(raw.values)
-        job_vars = {
-            name[5:]: _as_text(value)
-            for name, value in values.items()
-            if name.startswith("vars.") and value is not None
-        }
-        context: dict[str, object] = {**job_vars, **raw.axes, "index": index}
-        ok = True
-        templated: set[str] = set()  #: fields whose value templating changed
-        for name in TEMPLATED_FIELDS:
-            value = values.get(name)
-            if not isinstance(value, str):
-                continue
-            if name != "id" and "id" not in context:
-                context["id"] = self._job_id(values, raw, label)
-            try:
-                values[name] = render(value, context)
-            except TemplateError as exc:
-                self._error(raw, name, str(exc), label)
-                ok = False
-                continue
-            if values[name] != value:
-                templated.add(name)
-            if name == "id":
-                context["id"] = values["id"]
-                if is_valid_id(values["id"].strip()):
-                    label = known_id = values["id"].strip()
-        if not ok:
-            return None, known_id
-        if values.get("id") is None:
-            values["id"] = self._job_id(values, raw, label)
-            known_id = values["id"] if is_valid_id(values["id"]) else None
-        fields = self._validate(values, job_vars, raw, label, templated)
-        if fields is None:
-            return None, known_id
-        return self._job(fields, raw, index), fields.id
-
-    def _job_id(self, values: dict[str, Any], raw: RawRow, label: str) -> str:
-        given = values.get("id")
-        if given is not None:
-            return _as_text(given)
-        stems = []
-        for role in ("portrait", "audio"):
-            value = values.get(role)
-            if isinstance(value, str) and value.strip() and "{" not in value:
-                try:
-                    stems.append(self._ref(value, role, raw.origin.file).stem)
-                except MediaRefError:
-                    return label.replace(" ", "-")
-        derived = "-".join(stems) or label.replace(" ", "-")
-        safe = "".join(
-            ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "-" for ch in derived
-        )
-        return safe.strip(".")[:MAX_ID_LENGTH] or label.replace(" ", "-")
-
-    def _validate(
-        self,
-        values: dict[str, Any],
-        job_vars: dict[str, str],
-        raw: RawRow,
-        label: str,
-        templated: set[str],
-    ) -> JobFields | None:
-        data: dict[str, Any] = {k: values[k] for k in SCALAR_FIELDS if values.get(k) is not None}
-        safety = {
-            k[7:]: values[k]
-            for k in ("safety.check_content", "safety.mode")
-            if values.get(k) is not None
-        }
-        if safety:
-            data["safety"] = safety
-        data["vars"] = job_vars
-        try:
-            return JobFields.model_validate(data)
-        except ValidationError as exc:
-            for error in exc.errors():
-                name = ".".join(str(part) for part in error["loc"][:2])
-                message = describe_error(error)
-                if name in templated and error["type"] == "string_too_long":
-                    message += ", counted after templating"
-                self._error(raw, name, message, label)
-            return None
-
-    def _job(self, fields: JobFields, raw: RawRow, index: int) -> Job | None:
-        refs: dict[str, MediaRef] = {}
-        for role in ("portrait", "audio"):
-            origin = raw.origins.get(role, raw.origin)
-            try:
-                refs[role] = self._ref(getattr(fields, role), role, origin.file)
-            except MediaRefError as exc:
-                self._error(raw, role, f"{shorten(getattr(fields, role))}: {exc}", fields.id)
-        ext = fields.output_format.lower()
-        try:
-            outputs = output_name(
-                self.document.filename,
-                {**fields.vars, "id": fields.id, "index": index, "ext": ext},
-                fields.number_results,
-            )
-        except TemplateError as exc:
-            self.problems.error(
-                self.document.filename_origin, str(exc), job=fields.id, field="output.filename"
-            )
-            return None
-        if len(refs) < 2:
-            return None
-        return Job(
-            id=fields.id,
-            index=index,
-            origin=raw.origin,
-            model=fields.model,
-            portrait=refs["portrait"],
-            audio=refs["audio"],
-            prompt=fields.prompt,
-            output_format=fields.output_format,
-            output_quality=fields.output_quality,
-            number_results=fields.number_results,
-            ttl=fields.ttl,
-            safety=fields.safety,
-            webhook_url=fields.webhook_url,
-            upload_endpoint=fields.upload_endpoint,
-            include_cost=fields.include_cost,
-            vars=fields.vars,
-            outputs=tuple(outputs),
-        )
-
-    def _error(self, raw: RawRow, name: str, message: str, job: str) -> None:
-        origin = raw.origins.get(name, raw.origin)
-        self.problems.error(origin, message, job=job, field=name)
-
-
-def _consumed(items: list[T]) -> Iterator[T]:
-    """Yield and drop each item in order, so one pass never holds a big list twice over.
-
-    Rows become RawRows become Jobs; dropping each as it is converted lowers the peak
-    memory of a 100,000-row manifest by the size of the stage before.
-    """
-    items.reverse()
-    while items:
-        yield items.pop()
-
-
 def _declared_vars(defaults: RawRow) -> list[str]:
     return [name[5:] for name in defaults.values if name.startswith("vars.")]
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from avatarbatch import catalog
-from avatarbatch.manifest.document import Job, Manifest, read_manifest
+from avatarbatch.manifest.document import read_manifest
+from avatarbatch.manifest.job import Job, Manifest
 from avatarbatch.manifest.media import MediaInfo, MediaKind, MediaRef, ProbeError, Prober
 from avatarbatch.manifest.problems import Problems, plural
 

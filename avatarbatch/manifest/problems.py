@@ -81,9 +81,6 @@ class Problems:
     ) -> None:
         self.items.append(Problem(Severity.WARNING, origin, message, job, field))
 
-    def extend(self, other: Problems) -> None:
-        self.items.extend(other.items)
-
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.items if p.is_error]

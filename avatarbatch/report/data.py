@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Protocol
 
 from avatarbatch import catalog
 from avatarbatch.manifest.document import Job
-from avatarbatch.state.store import JobMoney, JobOverview, StateStore
+from avatarbatch.plan import MONEY_PLACES, PlanStatus, Totals
+from avatarbatch.state.store import JobMoney, JobOverview, JobStatus, StateStore
 
 MISMATCH_RATIO = 0.10  #: an actual cost this far from its estimate is pointed out
 DELIVERED = "delivered to "  #: how a video the API put at the task's uploadEndpoint is listed
 REMOVED = "removed"  #: the status shown for a job id the manifest no longer has, but paid for
-#: decimals of every money figure shown to people: per-second prices ($0.044 x 12.345 s) need 5
-MONEY_PLACES = 5
+#: the status shown for a job the state file has no record of yet
+NOT_STARTED = PlanStatus.NEW.value
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  #: `generated_at`, in UTC
+#: Statuses a job ends in; any other is work still to do.
+FINISHED = (JobStatus.DONE, JobStatus.FAILED)
 
 
 def money(value: Decimal | float | None, *, unknown: str = "?") -> str:
@@ -36,57 +41,105 @@ def money(value: Decimal | float | None, *, unknown: str = "?") -> str:
 
 @dataclass(frozen=True)
 class JobReport:
+    """One row of every report, made by `job_report` (a manifest job) or `removed_report`."""
+
     id: str
     vars: dict[str, str]
     model: str  #: full model id
     model_alias: str  #: standard or pro
+    #: a JobStatus value; NOT_STARTED before the state file has the job; REMOVED
     status: str
-    audio_seconds: float | None
-    results: int
-    estimated_cost: float | None
+    audio_seconds: float | None = None
+    results: int = 0
+    estimated_cost: float | None = None
     #: everything the provider billed for this job id through this state file, earlier
     #: attempts included (a changed spec, a retry), so that the column sums to the ledger
-    actual_cost: float | None
-    attempts: int
-    task_uuid: str | None
-    outputs: list[str]  #: paths relative to the output folder, e.g. videos/host-en.mp4
-    sha256: list[str]
-    error: str | None
-    cost_mismatch: bool  #: actual and estimate differ by more than MISMATCH_RATIO
+    actual_cost: float | None = None
+    attempts: int = 0
+    task_uuid: str | None = None
+    outputs: list[str] = field(default_factory=list)  #: relative to the output folder
+    sha256: list[str] = field(default_factory=list)
+    error: str | None = None
+    cost_mismatch: bool = False  #: actual and estimate differ by more than MISMATCH_RATIO
     earlier_cost: float = 0.0  #: the part of actual_cost billed for attempts before this one
     cost_source: str | None = None  #: "api"; "estimate" where the API gave no usable figure
 
     def as_dict(self) -> dict[str, Any]:
-        # Shallow on purpose: dataclasses.asdict deep-copies, 5 s for 100,000 jobs.
+        # Shallow on purpose: dataclasses.asdict deep-copies every list, slow on a big batch.
         return {name: getattr(self, name) for name in _JOB_REPORT_FIELDS}
+
+    def add_to(self, totals: Totals) -> None:
+        """Count this row in `totals`; a removed row's cost counts, but it is no job."""
+        totals.add(
+            jobs=int(self.status != REMOVED),
+            audio_seconds=self.audio_seconds,
+            estimated_cost=self.estimated_cost,
+            actual_cost=self.actual_cost,
+            earlier_cost=self.earlier_cost,
+        )
 
 
 _JOB_REPORT_FIELDS = tuple(f.name for f in fields(JobReport))
 
 
+class Tallied(Protocol):
+    """A job as `tally_by_status` counts it: a JobOverview, a JobRecord or a JobReport."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def audio_seconds(self) -> float | None: ...
+    @property
+    def estimated_cost(self) -> float | None: ...
+    @property
+    def actual_cost(self) -> float | None: ...
+
+
 @dataclass
-class Totals:
-    jobs: int = 0
-    audio_seconds: float = 0.0
-    estimated_cost: float = 0.0
-    actual_cost: float = 0.0
-    earlier_cost: float = 0.0
+class StatusTally:
+    """Jobs grouped by status: how many, and their audio and costs (see `tally_by_status`)."""
 
-    def add(self, job: JobReport) -> None:
-        self.jobs += job.status != REMOVED
-        self.audio_seconds += job.audio_seconds or 0.0
-        self.estimated_cost += job.estimated_cost or 0.0
-        self.actual_cost += job.actual_cost or 0.0
-        self.earlier_cost += job.earlier_cost
+    groups: dict[str, Totals] = field(default_factory=dict)  #: by status, first seen first
 
-    def rounded(self) -> dict[str, Any]:
-        return {
-            "jobs": self.jobs,
-            "audio_seconds": round(self.audio_seconds, 3),
-            "estimated_cost": round(self.estimated_cost, 5),
-            "actual_cost": round(self.actual_cost, 5),
-            "earlier_cost": round(self.earlier_cost, 5),
-        }
+    def count(self, status: str) -> int:
+        group = self.groups.get(status)
+        return 0 if group is None else group.jobs
+
+    def counts(self, every: Iterable[str] = ()) -> dict[str, int]:
+        """Jobs by status: `every` status first, in its order, zeros included; then the rest."""
+        counts = dict.fromkeys(every, 0)
+        counts.update((status, group.jobs) for status, group in self.groups.items())
+        return counts
+
+    def totals(self, statuses: Iterable[str] | None = None) -> Totals:
+        """The groups of `statuses` (all when None) summed into one."""
+        wanted = self.groups.keys() if statuses is None else statuses
+        merged = Totals()
+        for status in wanted:
+            if status in self.groups:
+                merged.merge(self.groups[status])
+        return merged
+
+
+def tally_by_status(rows: Iterable[Tallied]) -> StatusTally:
+    """The one count of jobs by status, with their estimated and actual cost: for the reports,
+    `status` and the run summary alike. `rows` are usually `StateStore.overview().values()`.
+
+    `actual_cost` is each job's current attempt as its record holds it; what the provider
+    billed in all, earlier attempts included, is the ledger's (`StateStore.spend`).
+    """
+    tally = StatusTally()
+    groups = tally.groups
+    for row in rows:
+        group = groups.get(row.status)
+        if group is None:
+            group = groups[row.status] = Totals()
+        group.add(
+            audio_seconds=row.audio_seconds,
+            estimated_cost=row.estimated_cost,
+            actual_cost=row.actual_cost,
+        )
+    return tally
 
 
 @dataclass
@@ -103,23 +156,25 @@ class ReportData:
     var_names: list[str]
     run: dict[str, Any] | None = None  #: the last run: started, ended, arguments, outcome
     runs: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
     #: job ids paid for through this state file that the manifest no longer has
     removed: list[JobReport] = field(default_factory=list)
 
     def tally(self) -> None:
-        """Fill counts and totals (overall, by model, by var) from `jobs`."""
+        """Fill counts and totals (overall, by model, by var) from `jobs` and `removed`."""
+        self.counts.update(tally_by_status(self.jobs).counts())
         for row in self.removed:
-            self.totals.add(row)
-            self.by_model.setdefault(row.model_alias, Totals()).add(row)
+            row.add_to(self.totals)
+            row.add_to(self.by_model.setdefault(row.model_alias, Totals()))
         for row in self.jobs:
-            self.counts[row.status] = self.counts.get(row.status, 0) + 1
-            self.totals.add(row)
-            self.by_model.setdefault(row.model_alias, Totals()).add(row)
+            row.add_to(self.totals)
+            row.add_to(self.by_model.setdefault(row.model_alias, Totals()))
             for name in self.var_names:
                 if name in row.vars:
                     by_value = self.by_var.setdefault(name, {})
-                    by_value.setdefault(row.vars[name], Totals()).add(row)
+                    row.add_to(by_value.setdefault(row.vars[name], Totals()))
+
+    def failed(self) -> list[JobReport]:
+        return [job for job in self.jobs if job.status == JobStatus.FAILED]
 
     def head(self) -> dict[str, Any]:
         """Everything but the jobs, which report.json writes one per line."""
@@ -142,8 +197,8 @@ class RelativeTo:
     """Output paths as written in reports: relative to the output folder when inside it.
 
     A prefix test on normalised absolute strings, because a `resolve()` per file (a system
-    call per path component) took 6 s for the 100,000 files of a large batch; paths that do
-    not start with the folder as given or as resolved still get the careful treatment.
+    call per path component) is slow for the files of a big batch; paths that do not start
+    with the folder as given or as resolved still get the careful treatment.
     """
 
     def __init__(self, base: Path) -> None:
@@ -173,31 +228,16 @@ class RelativeTo:
 def job_report(
     job: Job, record: JobOverview | None, money: JobMoney | None, relative: RelativeTo
 ) -> JobReport:
+    """The row of a manifest job, as the state file knows it (`record`) and the ledger
+    (`money`: only for jobs whose money is more than their record's own figure)."""
     model = catalog.model_by_id(job.model)
     if record is None:
         return JobReport(
-            job.id,
-            job.vars,
-            job.model,
-            model.alias,
-            "new",
-            None,
-            0,
-            None,
-            None,
-            0,
-            None,
-            [],
-            [],
-            None,
-            False,
+            id=job.id, vars=job.vars, model=job.model, model_alias=model.alias, status=NOT_STARTED
         )
     files = record.outputs
-    outputs = [relative(o["path"]) if "path" in o else DELIVERED + o["delivered"] for o in files]
     estimate = record.estimated_cost
     # A job the ledger never saw (a state written by hand, or by tests) keeps its own figure.
-    actual = record.actual_cost if money is None else money.billed
-    earlier = 0.0 if money is None else money.earlier
     current = record.actual_cost
     mismatch = bool(
         estimate and current is not None and abs(current - estimate) > MISMATCH_RATIO * estimate
@@ -211,12 +251,12 @@ def job_report(
         audio_seconds=record.audio_seconds,
         results=record.results,
         estimated_cost=estimate,
-        actual_cost=actual,
-        earlier_cost=earlier,
+        actual_cost=current if money is None else money.billed,
+        earlier_cost=0.0 if money is None else money.earlier,
         cost_source=_cost_source(money, current),
         attempts=record.attempts,
         task_uuid=record.task_uuid,
-        outputs=outputs,
+        outputs=[relative(o["path"]) if "path" in o else DELIVERED + o["delivered"] for o in files],
         sha256=[o.get("sha256") or "" for o in files],
         error=record.error_message,
         cost_mismatch=mismatch,
@@ -238,18 +278,9 @@ def removed_report(job_id: str, money: JobMoney) -> JobReport:
         model=model.id,
         model_alias=model.alias,
         status=REMOVED,
-        audio_seconds=None,
-        results=0,
-        estimated_cost=None,
         actual_cost=money.billed,
         earlier_cost=money.billed,
         cost_source="estimate" if money.estimated_only else "api",
-        attempts=0,
-        task_uuid=None,
-        outputs=[],
-        sha256=[],
-        error=None,
-        cost_mismatch=False,
     )
 
 
@@ -279,7 +310,7 @@ def build_report(
         manifest=manifest,
         manifest_sha256=manifest_sha256,
         output_dir=output_dir,
-        generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        generated_at=time.strftime(TIME_FORMAT, time.gmtime()),
         jobs=rows,
         removed=removed,
         counts={},

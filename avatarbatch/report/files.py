@@ -10,32 +10,31 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from avatarbatch.jsonlines import json_with_item_lines
-from avatarbatch.manifest.document import Job, Manifest
-from avatarbatch.manifest.media import MediaRef
+from avatarbatch.manifest.document import Manifest
 from avatarbatch.manifest.problems import plural
+from avatarbatch.plan import MONEY_PLACES, SECONDS_PLACES, Totals
 from avatarbatch.report.data import (
     DELIVERED,
+    MISMATCH_RATIO,
     REMOVED,
     JobReport,
     ReportData,
-    Totals,
     build_report,
     money,
 )
+from avatarbatch.report.failures import failures_manifest
 from avatarbatch.report.gallery import PAGES_DIR, gallery_pages, page_paths
-from avatarbatch.state.store import JobOverview, OwnedFile, StateStore
+from avatarbatch.state.store import JobOverview, JobStatus, OwnedFile, StateStore
 
 log = logging.getLogger("avatarbatch.report")
 
 REPORT_FILES = ("cost_report.csv", "report.json", "report.md", "index.html", "failures.yaml")
+LISTED_IDS = 10  #: job ids report.md names in a sentence before it says "..."
 # A cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection list).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -74,7 +73,9 @@ def write_reports(
         *_write_gallery(output_dir, data, owned),
     ]
     failed = [
-        job for job, row in zip(manifest.jobs, data.jobs, strict=True) if row.status == "failed"
+        job
+        for job, row in zip(manifest.jobs, data.jobs, strict=True)
+        if row.status == JobStatus.FAILED
     ]
     if failed:  # the condition report_files() and the Markdown's file list rely on
         written.append(
@@ -93,7 +94,7 @@ def report_files(data: ReportData, *, failed: bool | None = None) -> list[str]:
     """
     names = ["cost_report.csv", "report.json", "report.md", *page_paths(len(data.jobs))]
     if failed is None:
-        failed = any(job.status == "failed" for job in data.jobs)
+        failed = any(job.status == JobStatus.FAILED for job in data.jobs)
     return [*names, "failures.yaml"] if failed else names
 
 
@@ -147,10 +148,6 @@ def safe_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
     return value
-
-
-def cost_csv(data: ReportData) -> str:
-    return "".join(cost_csv_lines(data))
 
 
 def cost_csv_lines(data: ReportData) -> Iterator[str]:
@@ -211,11 +208,11 @@ def _job_cells(job: JobReport, var_names: list[str]) -> list[Any]:
         job.model,
         job.status,
         int(job.status != REMOVED),
-        _number(job.audio_seconds, 3),
+        _number(job.audio_seconds, SECONDS_PLACES),
         job.results,
-        _number(job.estimated_cost, 5),
-        _number(job.actual_cost, 5),
-        _number(job.earlier_cost, 5),
+        _number(job.estimated_cost, MONEY_PLACES),
+        _number(job.actual_cost, MONEY_PLACES),
+        _number(job.earlier_cost, MONEY_PLACES),
         job.cost_source or "",
         job.attempts,
         job.task_uuid or "",
@@ -284,16 +281,17 @@ def summary_markdown(data: ReportData) -> str:
         lines += [
             "",
             f"{plural(len(estimated), 'job')} got no usable cost from the API; their estimate is "
-            f"counted instead: {', '.join(estimated[:10])}{' ...' * (len(estimated) > 10)}",
+            f"counted instead: {', '.join(estimated[:LISTED_IDS])}"
+            f"{' ...' * (len(estimated) > LISTED_IDS)}",
         ]
     mismatches = [j for j in data.jobs if j.cost_mismatch]
     if mismatches:
-        lines += ["", "Actual cost differs from the estimate by more than 10%:"]
+        lines += ["", f"Actual cost differs from the estimate by more than {MISMATCH_RATIO:.0%}:"]
         lines += [
             f"- {j.id}: estimate {money(j.estimated_cost or 0)}, actual {money(j.actual_cost or 0)}"
             for j in mismatches
         ]
-    failed = [j for j in data.jobs if j.status == "failed"]
+    failed = data.failed()
     if failed:
         lines += ["", f"Failed ({len(failed)}); `failures.yaml` reruns just these:"]
         lines += [f"- {j.id}: {j.error or 'no reason recorded'}" for j in failed]
@@ -317,62 +315,3 @@ def _totals_row(name: str, totals: Totals) -> str:
         f"| {name} | {totals.jobs} | {totals.audio_seconds:,.1f} | "
         f"{money(totals.estimated_cost)} | {money(totals.actual_cost)} |"
     )
-
-
-# --- failures.yaml --------------------------------------------------------------------------------
-
-
-def failures_manifest(jobs: Iterable[Job], manifest: Manifest, output_dir: Path) -> str:
-    """A manifest of just these jobs, runnable where it is written.
-
-    Paths are made relative to the output folder so the file still resolves from its new
-    place; it writes into `retry/` beside it, with a state of its own, so running it as it is
-    runs exactly these rows (rerunning the original with --retry-failed is the alternative).
-    """
-    rows = [_row(job, output_dir) for job in jobs]
-    document = {
-        "version": 1,
-        "output": {"dir": "retry", "filename": manifest.filename},
-        "jobs": rows,
-    }
-    header = (
-        f"# The failed rows of {manifest.path.name}, written by avatarbatch.\n"
-        "# Run it as it is: avatarbatch run failures.yaml\n"
-    )
-    return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
-
-
-def _row(job: Job, output_dir: Path) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": job.id,
-        "portrait": _ref(job.portrait, output_dir),
-        "audio": _ref(job.audio, output_dir),
-        "model": job.model,
-        "prompt": job.prompt,
-        "output_format": job.output_format,
-        "output_quality": job.output_quality,
-        "number_results": job.number_results,
-        "ttl": job.ttl,
-        "webhook_url": job.webhook_url,
-        "upload_endpoint": job.upload_endpoint,
-        "include_cost": job.include_cost,
-    }
-    for key in ("id", "prompt", "webhook_url", "upload_endpoint", "portrait", "audio"):
-        if isinstance(row.get(key), str):
-            row[key] = _literal(row[key])
-    if job.safety is not None:
-        row["safety"] = job.safety.model_dump(exclude_none=True)
-    if job.vars:
-        row["vars"] = dict(job.vars)
-    return {key: value for key, value in row.items() if value is not None}
-
-
-def _ref(ref: MediaRef, output_dir: Path) -> str:
-    if not ref.is_local:
-        return ref.value
-    return os.path.relpath(ref.value, os.path.abspath(output_dir))  # noqa: PTH100
-
-
-def _literal(text: str) -> str:
-    """Values are already filled in: keep any brace from being read as a placeholder again."""
-    return text.replace("{", "{{").replace("}", "}}")

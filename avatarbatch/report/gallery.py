@@ -1,8 +1,10 @@
 """index.html: one self-contained page to review a batch's videos in a couple of minutes.
 
 The page sits in the output folder next to `videos/` and must open from a file share, a zip or
-an offline laptop, so it loads nothing from the network: the CSS and the few lines of JS are
-inline, the charts are inline SVG, and videos are referenced by their relative paths.
+an offline laptop, so it loads nothing from the network: the CSS and the few lines of JS
+(`gallery.css`, `gallery.js`, shipped beside this module with the page template
+`gallery.html`) are copied inline, the charts are inline SVG, and videos are referenced by
+their relative paths.
 Everything that came from a manifest, a user or the API (ids, vars, error texts, paths) is
 HTML-escaped; attribute names built from var names are reduced to a safe slug.
 
@@ -18,26 +20,33 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html import escape
+from importlib import resources
 from pathlib import PurePosixPath
 from string import Template
 from urllib.parse import quote
 
+from avatarbatch.plan import Totals
 from avatarbatch.report.data import (
     DELIVERED,
+    FINISHED,
     MISMATCH_RATIO,
     JobReport,
     ReportData,
-    Totals,
     money,
 )
+from avatarbatch.state.store import JobStatus
 
-STATUS_FILTERS = ("done", "failed", "other")
+OTHER = "other"  #: the filter and colour of every status but done and failed
+STATUS_FILTERS = (*(status.value for status in FINISHED), OTHER)
 #: Geometry of the inline SVG bar charts, in user units (the SVG scales to its box).
 CHART_WIDTH, LABEL_WIDTH, VALUE_WIDTH, ROW_HEIGHT, BAR_HEIGHT = 420, 110, 92, 24, 14
-
-
+LABEL_CHARS = 16  #: a chart label longer than this is cut, with an ellipsis
 PAGE_SIZE = 1000  #: cards per page: browsers cope with about this many <video> elements
 PAGES_DIR = "gallery"  #: pages after the first, in the output folder
+PAGER_REACH = 3  #: the pager links this many pages either side of the current one
+# Stands in for the cards while the page around them is filled in; every text from the
+# manifest or the state is escaped, so a raw `<` can only be ours.
+CARDS_MARK = "<avatarbatch-cards/>"
 
 
 @dataclass(frozen=True)
@@ -46,9 +55,10 @@ class GalleryPage:
     chunks: Iterator[str]
 
 
-def render_gallery(data: ReportData) -> str:
-    """The complete index.html for `data`, if it fits on one page (tests, small batches)."""
-    return "".join(next(gallery_pages(data)).chunks)
+@functools.cache
+def asset(name: str) -> str:
+    """A file shipped beside this module: `gallery.html` (the page), `.css` or `.js`."""
+    return resources.files("avatarbatch.report").joinpath(name).read_text(encoding="utf-8")
 
 
 def page_path(number: int) -> str:
@@ -64,14 +74,14 @@ def page_paths(jobs: int, page_size: int | None = None) -> list[str]:
 def gallery_pages(data: ReportData, page_size: int | None = None) -> Iterator[GalleryPage]:
     """index.html and, past `page_size` jobs, further pages, each produced piece by piece.
 
-    A batch of 100,000 jobs made one 71 MB page that no browser could open. Every page
-    carries the whole batch's summary and charts; its filters act on its own cards.
+    One page holding every card of a big batch would be too large for a browser to open.
+    Every page carries the whole batch's summary and charts; its filters act on its own cards.
     """
     slugs = _var_slugs(data.var_names)
     shared = {
         "title": escape(f"{PurePosixPath(data.manifest).name} · avatarbatch gallery"),
-        "css": CSS,
-        "script": SCRIPT,
+        "css": asset("gallery.css"),
+        "script": asset("gallery.js"),
         "header": _header(data),
         "charts": _charts(data),
         "filters": _filters(data, slugs),
@@ -96,7 +106,7 @@ def _page_chunks(
     up: str,
 ) -> Iterator[str]:
     """One page piece by piece, so its cards are never one string in memory."""
-    page = PAGE.substitute(
+    page = Template(asset("gallery.html")).substitute(
         shared,
         videos_total=sum(len(job.outputs) for job in jobs),
         pager=pager,
@@ -122,7 +132,8 @@ def _pager(number: int, count: int, first_job: int, on_page: int, total_jobs: in
             href = "../index.html" if target == 1 else PurePosixPath(page_path(target)).name
         return f'<a href="{href}">{text}</a>'
 
-    shown = sorted({1, count, *range(max(1, number - 3), min(count, number + 3) + 1)})
+    near = range(max(1, number - PAGER_REACH), min(count, number + PAGER_REACH) + 1)
+    shown = sorted({1, count, *near})
     links: list[str] = []
     for previous, target in zip([0, *shown], shown, strict=False):
         if target - previous > 1:
@@ -190,7 +201,7 @@ def _chart(caption: str, key: str, groups: dict[str, Totals]) -> str:
     for i, (label, (value, estimated)) in enumerate(sorted(values.items())):
         y = i * ROW_HEIGHT
         width = max(1.0, span * value / top) if value else 0.0
-        shown = escape(label if len(label) <= 16 else label[:15] + "…")
+        shown = escape(label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…")
         tip = escape(f"{label}: {_money(value)}{' estimated' if estimated else ''}")
         rows.append(
             f'<g><title>{tip}</title><text x="{LABEL_WIDTH - 8}" y="{y + 16}" '
@@ -237,7 +248,7 @@ def _filters(data: ReportData, slugs: dict[str, str]) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _escaped_label(text: str) -> str:
-    """escape() for the few distinct var values, models and statuses 100,000 cards repeat."""
+    """escape() for the few distinct var values, models and statuses that every card repeats."""
     return escape(text)
 
 
@@ -294,9 +305,9 @@ def _card(job: JobReport, var_names: list[str], slugs: dict[str, str], up: str =
 
 
 def _placeholder(status: str) -> str:
-    if status == "failed":
+    if status == JobStatus.FAILED:
         return "No video: the job failed"
-    if status == "done":
+    if status == JobStatus.DONE:
         return "No video file recorded"
     return f"No video yet ({escape(status)})"
 
@@ -316,7 +327,7 @@ def _var_slugs(names: list[str]) -> dict[str, str]:
 
 
 def _status_group(status: str) -> str:
-    return status if status in ("done", "failed") else "other"
+    return status if status in FINISHED else OTHER
 
 
 def _status_class(status: str) -> str:
@@ -330,164 +341,3 @@ def _money(value: float | None) -> str:
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
-
-
-CSS = """
-:root { --bg: #f5f6f8; --card: #fff; --line: #e2e5ea; --text: #1d2330; --muted: #667085;
-  --done: #1a7f4b; --done-bg: #e5f5ec; --failed: #b42318; --failed-bg: #fdecea;
-  --other: #8a5a00; --other-bg: #fff4dc; --accent: #3a6ea5; }
-* { box-sizing: border-box; }
-[hidden] { display: none !important; }
-body { margin: 0; background: var(--bg); color: var(--text); font: 14px/1.45 system-ui,
-  -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-header, .charts, .filters, .pager, main { max-width: 1400px; margin: 0 auto; padding: 0 24px; }
-header { padding-top: 20px; }
-header p { margin: 0; }
-h1 { margin: 0 0 2px; font-size: 22px; }
-h1 small { font-size: 13px; font-weight: 500; color: var(--muted); margin-left: 8px; }
-.muted { color: var(--muted); font-weight: normal; }
-.stats { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
-.stat { background: var(--card); border: 1px solid var(--line); border-radius: 10px;
-  padding: 10px 16px; min-width: 200px; }
-.stat > span { display: block; color: var(--muted); font-size: 12px; text-transform: uppercase;
-  letter-spacing: .04em; }
-.stat > b { font-size: 22px; }
-.badges { display: flex; flex-wrap: wrap; gap: 4px; margin-top: 4px; }
-.badge { border-radius: 999px; padding: 1px 9px; font-size: 12px; white-space: nowrap; }
-.s-done { color: var(--done); background: var(--done-bg); }
-.s-failed { color: var(--failed); background: var(--failed-bg); }
-.s-other { color: var(--other); background: var(--other-bg); }
-.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr));
-  gap: 12px; }
-.chart { margin: 0; background: var(--card); border: 1px solid var(--line); border-radius: 10px;
-  padding: 10px 14px; }
-.chart figcaption { font-weight: 600; margin-bottom: 6px; }
-.chart svg { width: 100%; height: auto; font-size: 12px; fill: var(--text); }
-.chart .bar { fill: var(--accent); }
-.chart .bar.est { fill: #a9c1dc; }
-.chart .value { fill: var(--muted); }
-.filters { display: flex; flex-wrap: wrap; align-items: center; gap: 12px; margin: 18px auto; }
-.pager { margin: 0 auto 18px; color: var(--muted); }
-.pager p { margin: 0 0 4px; }
-.pager a, .pager b { display: inline-block; padding: 2px 6px; }
-.pager a { color: var(--accent); }
-.status-filter { display: inline-flex; border: 1px solid var(--line); border-radius: 8px;
-  overflow: hidden; background: var(--card); }
-.status-filter button { border: 0; border-right: 1px solid var(--line); background: none;
-  padding: 6px 12px; font: inherit; cursor: pointer; }
-.status-filter button:last-child { border-right: 0; }
-.status-filter button[aria-pressed="true"] { background: var(--accent); color: #fff; }
-select { font: inherit; padding: 5px 8px; border: 1px solid var(--line); border-radius: 8px;
-  background: var(--card); }
-main { display: grid; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 14px;
-  padding-bottom: 40px; }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 12px;
-  overflow: hidden; display: flex; flex-direction: column; }
-.card.failed { border-color: #f3c1bc; }
-.media { background: #000; display: grid; gap: 2px;
-  grid-template-columns: repeat(auto-fit, minmax(120px, 1fr)); }
-video, .placeholder { width: 100%; height: 240px; display: block; object-fit: contain; }
-.placeholder { display: grid; place-items: center; color: #9aa4b2; text-align: center;
-  background: repeating-linear-gradient(45deg, #1f2937 0 12px, #253041 12px 24px); }
-.body { padding: 10px 14px 12px; }
-.title { display: flex; justify-content: space-between; align-items: center; gap: 8px; }
-h2 { font-size: 15px; margin: 0; overflow-wrap: anywhere; }
-.chips { display: flex; flex-wrap: wrap; gap: 4px; margin: 6px 0; }
-.chip { background: #eef2f7; border-radius: 6px; padding: 1px 7px; font-size: 12px; }
-.chip span { color: var(--muted); }
-dl { display: grid; grid-template-columns: auto 1fr; gap: 2px 12px; margin: 8px 0 0; }
-dt { color: var(--muted); }
-dd { margin: 0; font-variant-numeric: tabular-nums; }
-dd.bad { color: var(--other); font-weight: 600; }
-.warn { margin: 8px 0 0; padding: 6px 10px; border-radius: 8px; background: var(--other-bg);
-  color: var(--other); font-size: 13px; }
-.error { margin: 8px 0 0; padding: 8px 10px; border-radius: 8px; background: var(--failed-bg);
-  color: var(--failed); border: 1px solid #f3c1bc; white-space: pre-wrap;
-  overflow-wrap: anywhere; font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, monospace; }
-.files { margin: 8px 0 0; font-size: 12px; display: flex; flex-wrap: wrap; gap: 8px; }
-.files a { color: var(--accent); }
-.playback { color: #fca5a5; font-size: 12px; padding: 4px 8px; }
-.empty { color: var(--muted); }
-"""
-
-SCRIPT = """
-(function () {
-  var cards = Array.prototype.slice.call(document.querySelectorAll("article.card"));
-  var selects = Array.prototype.slice.call(document.querySelectorAll("select[data-var]"));
-  var buttons = Array.prototype.slice.call(document.querySelectorAll("button[data-status]"));
-  var status = "all";
-  function apply() {
-    var shown = 0;
-    cards.forEach(function (card) {
-      var ok = status === "all" || card.getAttribute("data-status") === status;
-      selects.forEach(function (s) {
-        if (s.value && card.getAttribute("data-var-" + s.dataset.var) !== s.value) ok = false;
-      });
-      card.hidden = !ok;
-      if (ok) shown += 1;
-    });
-    document.getElementById("shown").textContent = shown + " of " + cards.length + " shown";
-  }
-  buttons.forEach(function (b) {
-    b.addEventListener("click", function () {
-      status = b.dataset.status;
-      buttons.forEach(function (o) { o.setAttribute("aria-pressed", String(o === b)); });
-      apply();
-    });
-  });
-  selects.forEach(function (s) { s.addEventListener("change", apply); });
-  apply();
-
-  var videos = document.querySelectorAll("video[data-job]");
-  var ready = 0;
-  document.body.dataset.videosTotal = videos.length;
-  document.body.dataset.videos = 0;
-  Array.prototype.forEach.call(videos, function (v) {
-    function loaded() {
-      if (v.dataset.readyState) return;
-      v.dataset.readyState = v.readyState;
-      v.dataset.duration = v.duration;
-      ready += 1;
-      document.body.dataset.videos = ready;
-    }
-    function failed() {
-      if (v.dataset.error) return;
-      v.dataset.error = "1";
-      var note = document.createElement("div");
-      note.className = "playback";
-      note.textContent = "This browser cannot play this file" +
-        (v.error && v.error.message ? " (" + v.error.message + ")" : "");
-      v.insertAdjacentElement("afterend", note);
-    }
-    v.addEventListener("loadedmetadata", loaded);
-    v.addEventListener("error", failed);
-    if (v.readyState >= 1) loaded();
-    if (v.error) failed();
-  });
-})();
-"""
-
-# Stands in for the cards while the page around them is filled in; every text from the
-# manifest or the state is escaped, so a raw `<` can only be ours.
-CARDS_MARK = "<avatarbatch-cards/>"
-PAGE = Template("""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>$title</title>
-<style>$css</style>
-</head>
-<body data-videos="0" data-videos-total="$videos_total">
-<header>$header</header>
-<section class="charts">$charts</section>
-<nav class="filters">$filters</nav>
-$pager
-<main>
-$cards
-</main>
-$empty
-<script>$script</script>
-</body>
-</html>
-""")
