@@ -12,12 +12,14 @@
         ├── CreditError     the account cannot pay: stop the whole run, exit 4
         └── ConflictError   the task UUID is already known: the task exists, poll it
 
+Errors that `stops_run` (auth, credit) end the whole run: every other job would meet them too.
 The CLI prints these messages and maps them to exit codes; any other exception is a bug and
 is allowed to surface as one.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from avatarbatch.redact import scrub
@@ -26,16 +28,29 @@ if TYPE_CHECKING:
     from avatarbatch.manifest.problems import Problem
 
 
+class ExitCode(IntEnum):
+    """How a command ended, for scripts and cron (DESIGN.md)."""
+
+    OK = 0  #: every job done
+    FAILED = 1  #: some job failed or is unfinished; or something else went wrong
+    USAGE = 2  #: a bad manifest, option or environment: nothing was paid
+    BUDGET = 3  #: --max-cost reached: jobs remain
+    AUTH = 4  #: the key or the account was refused: the run stopped
+    INTERRUPTED = 130  #: a signal stopped the run: the same command resumes it
+
+
 class AvatarBatchError(Exception):
     """Root of every error avatarbatch raises on purpose; its text is meant for users."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILED  #: an ExitCode, or the plain number of one
+    #: whether this error ends the whole run (no further job is started), not just one job
+    stops_run = False
 
 
 class ManifestError(AvatarBatchError):
     """The manifest cannot be used; `problems` lists every located reason."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
@@ -48,7 +63,7 @@ class ManifestError(AvatarBatchError):
 class UsageError(AvatarBatchError):
     """A wrong option, argument or environment setting."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ApiError(AvatarBatchError):
@@ -113,12 +128,14 @@ class RejectedError(ApiError):
 
 class AuthError(ApiError):
     category = "auth"
-    exit_code = 4
+    exit_code = ExitCode.AUTH
+    stops_run = True
 
 
 class CreditError(ApiError):
     category = "credit"
-    exit_code = 4
+    exit_code = ExitCode.AUTH
+    stops_run = True
 
 
 class ConflictError(ApiError):

@@ -16,8 +16,8 @@ import time
 import uuid
 from pathlib import Path
 
-from avatarbatch.engine.batch import checked, register_plan
 from avatarbatch.engine.place import STATE_NAME
+from avatarbatch.engine.session import checked, register_plan
 from avatarbatch.plan import build_plan
 from avatarbatch.state.store import JobStatus, StateStore
 

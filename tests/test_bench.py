@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from avatarbatch.engine.batch import BatchOptions, run_batch
+from avatarbatch.config import RunSettings
+from avatarbatch.engine.session import run_batch
 from avatarbatch.runware.client import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import running_sandbox
@@ -57,7 +58,7 @@ def test_the_fabricated_done_state_is_a_finished_batch(tmp_path: Path) -> None:
     mark_all_done(manifest, out)
     with running_sandbox(QUICK) as sandbox:
         client = ClientSettings(api_url=sandbox.api_url, api_key=SecretStr(TEST_KEY))
-        summary = asyncio.run(run_batch(manifest, BatchOptions(client=client, out=out)))
+        summary = asyncio.run(run_batch(manifest, RunSettings(client=client, out=out)))
         posts = sandbox.stats()["requests"]["http_posts"]
     assert (summary.done, summary.submitted, summary.exit_code, posts) == (50, 0, 0, 0)
     assert '"status": "done"' in (out / "report.json").read_text()

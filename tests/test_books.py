@@ -24,8 +24,8 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from avatarbatch.cli.commands import app
-from avatarbatch.engine.batch import BatchOptions, run_batch
-from avatarbatch.engine.poller import PollTiming
+from avatarbatch.config import PollTiming, RunSettings
+from avatarbatch.engine.session import run_batch
 from avatarbatch.runware.client import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec
@@ -174,7 +174,7 @@ def test_an_api_error_echoing_the_key_reaches_no_file_and_no_line(
             backoff_max=0.05,
             max_attempts=8,
         )
-        options = BatchOptions(client=settings, out=out, rps=200, poll=QUICK_POLL)
+        options = RunSettings(client=settings, out=out, rps=200, poll=QUICK_POLL)
         with caplog.at_level(logging.DEBUG):
             summary = asyncio.run(run_batch(manifest, options))
         echoed = sandbox.stats()["faults"].get("echo_key", 0)

@@ -446,3 +446,17 @@ def test_the_browser_install_is_skipped_when_chromium_is_there(tmp_path: Path) -
         check=False,
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_status_job_tells_one_jobs_story(write: Any, media: Path, stand_in: RunningSandbox) -> None:
+    manifest = write("m.yaml", THREE_LANGS)
+    assert last_json(real(["run", str(manifest), "--json", "--rps", "100"], stand_in))["done"] == 3
+    text = runner.invoke(app, ["status", str(manifest), "--job", "a-es"])
+    assert text.exit_code == 0, text.output
+    task = stand_in.ledger()["tasks"]
+    assert any(t["taskUUID"] in text.output for t in task)
+    assert "downloaded videos/a-es.mp4" in text.output
+    answer = last_json(runner.invoke(app, ["status", str(manifest), "--job", "a-es", "--json"]))
+    assert (answer["exit_code"], answer["job"], answer["status"]) == (0, "a-es", "done")
+    unknown = runner.invoke(app, ["status", str(manifest), "--job", "a-ez", "--json"])
+    assert unknown.exit_code == 2 and "did you mean 'a-es'" in last_json(unknown)["error"]

@@ -25,8 +25,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from typer.testing import CliRunner
 
 from avatarbatch.cli.commands import app
-from avatarbatch.engine.batch import BatchOptions, RunSummary, run_batch
-from avatarbatch.engine.poller import PollTiming
+from avatarbatch.config import PollTiming, RunSettings
+from avatarbatch.engine.session import run_batch
+from avatarbatch.engine.summary import RunSummary
 from avatarbatch.runware.client import (
     MAX_RESPONSE_BYTES,
     ClientSettings,
@@ -78,7 +79,7 @@ def manifest(tmp_path: Path, media: Path) -> Path:
 
 def options(
     server: Serving, tmp_path: Path, job_timeout: float = JOB_TIMEOUT, **client: Any
-) -> BatchOptions:
+) -> RunSettings:
     settings = ClientSettings(
         api_url=server.api_url,
         api_key=SecretStr("test-key"),
@@ -89,7 +90,7 @@ def options(
         request_timeout=0.5,
         **client,
     )
-    return BatchOptions(
+    return RunSettings(
         client=settings,
         out=tmp_path / "out",
         rps=200,
@@ -98,7 +99,7 @@ def options(
     )
 
 
-def run(manifest: Path, batch_options: BatchOptions) -> tuple[RunSummary, float]:
+def run(manifest: Path, batch_options: RunSettings) -> tuple[RunSummary, float]:
     """The run and how long it took; a hang fails the test instead of stalling it."""
     started = time.monotonic()
     summary = asyncio.run(asyncio.wait_for(run_batch(manifest, batch_options), HANG_GUARD))

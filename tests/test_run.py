@@ -15,11 +15,21 @@ import pytest
 from pydantic import SecretStr
 
 from avatarbatch import catalog
-from avatarbatch.engine import runner
-from avatarbatch.engine.batch import BatchOptions, RunSummary, run_batch
-from avatarbatch.engine.poller import PollTiming
-from avatarbatch.engine.runner import Hooks
-from avatarbatch.errors import AvatarBatchError
+from avatarbatch.config import PollTiming, RunSettings
+from avatarbatch.engine import context
+from avatarbatch.engine.outcome import Checkpoint, Hooks, Progress
+from avatarbatch.engine.runner import Runner
+from avatarbatch.engine.session import run_batch
+from avatarbatch.engine.summary import RunSummary
+from avatarbatch.errors import (
+    AuthError,
+    AvatarBatchError,
+    ConflictError,
+    CreditError,
+    ExitCode,
+    RejectedError,
+    TransientError,
+)
 from avatarbatch.runware.client import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec
@@ -37,7 +47,7 @@ def sandbox() -> Iterator[RunningSandbox]:
         yield server
 
 
-def options(sandbox: RunningSandbox, tmp_path: Path, **overrides: Any) -> BatchOptions:
+def options(sandbox: RunningSandbox, tmp_path: Path, **overrides: Any) -> RunSettings:
     client = ClientSettings(
         api_url=sandbox.api_url,
         api_key=SecretStr("test-key"),
@@ -53,11 +63,11 @@ def options(sandbox: RunningSandbox, tmp_path: Path, **overrides: Any) -> BatchO
         "poll": QUICK_POLL,
         **overrides,
     }
-    return BatchOptions(**values)
+    return RunSettings(**values)
 
 
-def run(manifest: Path, batch_options: BatchOptions, hooks: Hooks | None = None) -> RunSummary:
-    return asyncio.run(run_batch(manifest, batch_options, hooks=hooks))
+def run(manifest: Path, settings: RunSettings, hooks: Hooks | None = None) -> RunSummary:
+    return asyncio.run(run_batch(manifest, settings, hooks=hooks))
 
 
 def billed_once_per_job(sandbox: RunningSandbox, jobs: int) -> None:
@@ -106,6 +116,10 @@ CHECKPOINTS = [
 ]
 
 
+def test_every_write_ahead_point_is_crashed_at() -> None:
+    assert [point.value for point in Checkpoint] == CHECKPOINTS
+
+
 class SimulatedCrash(BaseException):
     """Not an Exception: nothing in the engine may catch it, like a SIGKILL."""
 
@@ -138,6 +152,28 @@ def test_a_crash_at_any_write_ahead_point_loses_nothing_and_pays_once(
     assert not list((tmp_path / "out" / "videos").glob(".*.part"))
 
 
+def test_progress_shows_the_run_as_it_goes(
+    sandbox: RunningSandbox, demo_copy: Path, tmp_path: Path
+) -> None:
+    runners: list[Runner] = []
+    seen: list[Progress] = []
+
+    class Watch(Hooks):
+        async def checkpoint(self, point: Checkpoint, job_id: str) -> None:
+            if point is Checkpoint.DOWNLOAD_AFTER:
+                seen.append(runners[0].progress())
+
+    manifest = demo_copy / "demo.yaml"
+    summary = asyncio.run(
+        run_batch(manifest, options(sandbox, tmp_path), hooks=Watch(), on_runner=runners.append)
+    )
+    assert summary.exit_code == 0
+    assert [p.counts["done"] for p in seen] == list(range(1, 8))
+    assert {p.jobs for p in seen} == {7}
+    assert seen[-1].spent == pytest.approx(summary.cost_this_run)
+    assert seen[-1].estimated_total == pytest.approx(summary.cost_estimated)
+
+
 def test_concurrency_never_exceeds_the_limit(demo_copy: Path, tmp_path: Path) -> None:
     slow = QUICK.model_copy(update={"fixed_latency": 0.3, "workers": 16})
     with running_sandbox(slow) as sandbox:
@@ -164,7 +200,7 @@ def test_a_429_storm_slows_the_run_down_but_it_completes(
     # random ones left 3 jobs' ~12 requests all unhit about once in 15 runs.
     numbers = itertools.count()
     fixed = SimpleNamespace(uuid4=lambda: uuid.uuid5(uuid.NAMESPACE_URL, f"storm-{next(numbers)}"))
-    monkeypatch.setattr(runner, "uuidlib", fixed)
+    monkeypatch.setattr(context, "uuidlib", fixed)
     stormy = QUICK.model_copy(update={"faults": FaultSpec.parse("http429=0.3"), "seed": 2})
     with running_sandbox(stormy) as sandbox:
         summary = run(demo_copy / "demo.yaml", options(sandbox, tmp_path, max_attempts=20, rps=20))
@@ -180,6 +216,16 @@ def test_auth_failure_stops_the_run_with_exit_4_and_fails_no_job(
         summary = run(demo_copy / "demo.yaml", options(sandbox, tmp_path))
     assert summary.exit_code == 4 and "invalidApiKey" in summary.message
     assert summary.failed == 0 and summary.pending == 7
+
+
+def test_only_errors_no_job_could_escape_stop_the_run() -> None:
+    stopping = {
+        kind
+        for kind in (AuthError, CreditError, TransientError, RejectedError, ConflictError)
+        if kind("x").stops_run
+    }
+    assert stopping == {AuthError, CreditError}
+    assert {AuthError.exit_code, CreditError.exit_code} == {ExitCode.AUTH}
 
 
 def test_budget_stops_submitting_with_exit_3(

@@ -20,7 +20,7 @@ from receiver import Receiver
 from starlette.responses import JSONResponse, Response
 from test_run import CHECKPOINTS, CrashAt, SimulatedCrash, billed_once_per_job, options, run
 
-from avatarbatch.engine.poller import PollTiming
+from avatarbatch.config import PollTiming
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
 from avatarbatch.state.store import JobStatus, StateStore

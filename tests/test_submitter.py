@@ -8,6 +8,7 @@ import httpx
 import pytest
 from hostile import HostileApi
 from starlette.responses import Response
+from submitting import submit_one
 
 from avatarbatch.engine.submit_queue import SubmitQueue
 from avatarbatch.errors import ConflictError, RejectedError, TransientError
@@ -31,7 +32,7 @@ async def test_one_bad_task_in_a_batch_fails_alone(sandbox: MakeClient, refusal:
     client, engine = await sandbox(FAST.model_copy(update={"batch_refusal": refusal}))
     image, audio = await uploads(client)
     known = video_task(image, audio)
-    await client.submit(known)
+    await submit_one(client, known)
     good, bad = video_task(image, audio), video_task(image, audio, outputQuality=19)
     later = video_task(image, audio)
     outcomes = await client.submit_many([good, bad, known, later])

@@ -6,25 +6,46 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 import typer.core
-from rich.console import Console
 
 from avatarbatch import __version__
-from avatarbatch.cli import check_command, run_command, starter, status_view, status_watch, views
-from avatarbatch.engine.poller import NOT_FOUND_GRACE
-from avatarbatch.errors import AvatarBatchError, ManifestError
+from avatarbatch.cli import (
+    check_command,
+    run_command,
+    sandbox_command,
+    starter,
+    status_view,
+    status_watch,
+    views,
+)
+from avatarbatch.cli.options import (
+    ENV,
+    FAULTS_HELP,
+    JsonOpt,
+    ManifestArg,
+    OptionalManifestArg,
+    OutOpt,
+    RehearsalOpt,
+    SandboxProfile,
+    SandboxRender,
+    StateOpt,
+    json_end,
+    stderr,
+    stdout,
+    user_errors,
+)
+from avatarbatch.config import CONFIRM_ABOVE_USD, DEFAULTS, PollTiming, RunSettings, usd
+from avatarbatch.engine.session import checked
 from avatarbatch.manifest.preflight import Preflight, preflight
-from avatarbatch.manifest.problems import display_path
+from avatarbatch.manifest.problems import display_path, plural
+from avatarbatch.report.data import money
 from avatarbatch.runware import check
-from avatarbatch.sandbox import settings as sandbox_settings
-from avatarbatch.sandbox.faults import FAULT_KINDS
 
 
 class _Command(typer.core.TyperCommand):
@@ -43,90 +64,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 command = functools.partial(app.command, cls=_Command)
-
-ENV = "AVATARBATCH_"  #: prefix of the environment variables that stand for common options
-
-ManifestArg = Annotated[
-    Path,
-    typer.Argument(
-        metavar="MANIFEST", help="Manifest: a YAML file, or a CSV file of rows.", show_default=False
-    ),
-]
-OptionalManifestArg = Annotated[
-    Path | None, typer.Argument(metavar="MANIFEST", help="Manifest whose state to read.")
-]
-JsonOpt = Annotated[
-    bool,
-    typer.Option("--json", help="Print JSON; the last line is always one object with exit_code."),
-]
-StateOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--state",
-        metavar="FILE",
-        envvar=ENV + "STATE",
-        help="State file (default: OUT/state.sqlite).",
-    ),
-]
-OutOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--out",
-        metavar="DIR",
-        envvar=ENV + "OUT",
-        help="Output folder (default: output.dir, or out/NAME beside the manifest).",
-    ),
-]
-RehearsalOpt = Annotated[
-    bool,
-    typer.Option("--sandbox", help="The sandbox rehearsal's folder (default OUT/sandbox) instead."),
-]
-SandboxRender = Literal["full", "stub"]
-SandboxProfile = Literal["default", "strict"]
-FAULTS_HELP = (
-    "KIND=RATE[,KIND=RATE...], rates 0-1, e.g. http500=0.05,http429=0.05,reset=0.02; kinds: "
-    + ", ".join(FAULT_KINDS)
-    + "."
-)
-
-
-def stdout() -> Console:
-    return Console(soft_wrap=True, highlight=False)
-
-
-def stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-@contextmanager
-def user_errors(as_json: bool = False) -> Iterator[None]:
-    """Turn our own errors into a message and an exit code; anything else is a bug and surfaces.
-
-    With --json the last line of stdout is still one JSON object, so a script reading it
-    learns the exit code and the reason however the command ended.
-    """
-    try:
-        yield
-    except ManifestError as exc:
-        views.print_problems(stderr(), exc.problems)
-        if as_json:
-            errors = [p for p in exc.problems if p.is_error] or list(exc.problems)
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            _json_end(
-                exc.exit_code,
-                error=(errors[0].format() + more) if errors else "invalid manifest",
-                problems=[p.as_dict() for p in exc.problems],
-            )
-        raise typer.Exit(exc.exit_code) from None
-    except AvatarBatchError as exc:
-        stderr().print(f"avatarbatch: {exc}", style="red", markup=False)
-        if as_json:
-            _json_end(exc.exit_code, error=str(exc))
-        raise typer.Exit(exc.exit_code) from None
-
-
-def _json_end(exit_code: int, **fields: Any) -> None:
-    typer.echo(json.dumps({"exit_code": exit_code, **fields}))
 
 
 def _version(value: bool) -> None:
@@ -153,7 +90,7 @@ def validate(manifest: ManifestArg, as_json: JsonOpt = False) -> None:
     jobs = len(result.manifest.jobs) if result.manifest else None
     if as_json:
         problems = [p.as_dict() for p in result.problems.items]
-        _json_end(code, valid=result.ok, jobs=jobs, problems=problems)
+        json_end(code, valid=result.ok, jobs=jobs, problems=problems)
     else:
         console = stdout()
         views.print_problems(console, result.problems.items)
@@ -192,13 +129,13 @@ def run(
         typer.Option(
             min=1, max=256, metavar="N", envvar=ENV + "CONCURRENCY", help="Tasks in flight at once."
         ),
-    ] = 4,
+    ] = DEFAULTS.concurrency,
     rps: Annotated[
         float,
         typer.Option(
             min=0.05, metavar="N", envvar=ENV + "RPS", help="API requests per second, at most."
         ),
-    ] = 5.0,
+    ] = DEFAULTS.rps,
     max_cost: Annotated[
         float | None,
         typer.Option(
@@ -210,7 +147,7 @@ def run(
     ] = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run failed jobs again.")
-    ] = False,
+    ] = DEFAULTS.retry_failed,
     only: Annotated[
         list[str] | None,
         typer.Option(
@@ -232,7 +169,7 @@ def run(
             envvar=ENV + "CONFIRM_ABOVE",
             help="On a terminal, ask before a real run estimated above this.",
         ),
-    ] = 10.0,
+    ] = CONFIRM_ABOVE_USD,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Never ask; run.")] = False,
     api_url: Annotated[
         str | None,
@@ -278,7 +215,7 @@ def run(
             help="Seconds a task the API accepted may answer 'not found' before it is sent "
             "again under the same UUID (a registration lag must not fail a paid job).",
         ),
-    ] = NOT_FOUND_GRACE,
+    ] = DEFAULTS.poll.not_found_grace,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Warnings and errors only; no progress bar.")
     ] = False,
@@ -288,28 +225,28 @@ def run(
     """Run every job that is not done yet (resumable; never pays twice for a job)."""
     tty = sys.stderr.isatty() and not as_json and not quiet
     with user_errors(as_json):
-        options = run_command.options(
-            environ=os.environ,
+        wanted = RunSettings(
             out=out,
             state=state,
             concurrency=concurrency,
             rps=rps,
-            max_cost=max_cost,
+            max_cost=usd(max_cost),
             retry_failed=retry_failed,
-            api_url=api_url,
-            sandbox=sandbox,
-            sandbox_latency=sandbox_latency,
-            sandbox_faults=sandbox_faults,
-            sandbox_render=sandbox_render,
-            sandbox_seed=sandbox_seed,
-            sandbox_profile=sandbox_profile,
+            poll=PollTiming(not_found_grace=not_found_grace),
             poll_batch=poll_batch,
-            not_found_grace=not_found_grace,
             only=tuple(only or ()),
             where=tuple(where or ()),
             confirm=None if yes else _asker(confirm_above),
         )
-        summary = run_command.execute(manifest, options, tty=tty, quiet=quiet, verbose=verbose)
+        rehearsal = None
+        if sandbox:
+            rehearsal = run_command.Rehearsal(
+                sandbox_latency, sandbox_faults, sandbox_render, sandbox_seed, sandbox_profile
+            )
+        settings = run_command.connect(
+            wanted, environ=os.environ, api_url=api_url, rehearsal=rehearsal
+        )
+        summary = run_command.execute(manifest, settings, tty=tty, quiet=quiet, verbose=verbose)
     if as_json:
         typer.echo(json.dumps(summary.as_dict()))
     else:
@@ -330,7 +267,7 @@ def _asker(threshold: float) -> Callable[[Decimal, int], bool] | None:
         if estimate <= Decimal(str(threshold)):
             return True
         return typer.confirm(
-            f"{jobs} job{'s' * (jobs != 1)} to submit, estimated ${estimate:,.5f} "
+            f"{plural(jobs, 'job')} to submit, estimated {money(estimate)} "
             f"(above --confirm-above ${threshold:g}). Run them?",
             default=False,
             err=True,
@@ -348,9 +285,24 @@ def status(
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="On a terminal, refresh while a run goes on.")
     ] = False,
+    job: Annotated[
+        str | None,
+        typer.Option(metavar="ID", help="One job's history: tasks, bills, downloads, failures."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Jobs by state, failures and spend so far, read from the state file."""
+    if job is not None:
+        with user_errors(as_json):
+            history = status_view.job_history(
+                manifest, state=state, out=out, sandbox=sandbox, job_id=job
+            )
+        if as_json:
+            typer.echo(json.dumps({**history, "exit_code": 0}))
+        else:
+            for line in status_view.history_lines(history):
+                stdout().print(line, markup=False)
+        return
     with user_errors(as_json):
         report = status_view.load(manifest, state=state, out=out, sandbox=sandbox)
         if watch and not as_json and sys.stdout.isatty():
@@ -360,97 +312,19 @@ def status(
             )
             return
     if as_json:
-        typer.echo(json.dumps({**report, "exit_code": 0}, indent=2))
+        typer.echo(json.dumps({**report, "exit_code": 0}))
     else:
         views.print_status(stdout(), report)
 
 
 def _checked(manifest: Path) -> Preflight:
     """A preflight that must pass; warnings go to stderr, errors raise ManifestError."""
-    result = preflight(manifest)
-    if not result.ok:
-        raise ManifestError(result.problems.items)
+    result = checked(manifest)
     views.print_problems(stderr(), result.problems.warnings)
     return result
 
 
-@command()
-def sandbox(
-    host: Annotated[
-        str, typer.Option(metavar="ADDRESS", help="Address to listen on.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(metavar="N", help="Port to listen on.")] = 8787,
-    api_key: Annotated[
-        str | None,
-        typer.Option(metavar="KEY", help="Accept only this key (default: any non-empty key)."),
-    ] = None,
-    latency: Annotated[
-        float, typer.Option(min=0, metavar="S", help="Render seconds per second of audio.")
-    ] = 0.2,
-    fixed_latency: Annotated[
-        float, typer.Option(min=0, metavar="S", help="Render seconds added to every task.")
-    ] = 0.3,
-    workers: Annotated[
-        int, typer.Option(min=1, metavar="N", help="Render slots; more tasks wait in a queue.")
-    ] = 4,
-    render: Annotated[
-        SandboxRender, typer.Option(help="full: real renders; stub: tiny cached videos.")
-    ] = "full",
-    faults: Annotated[str | None, typer.Option(metavar="SPEC", help=FAULTS_HELP)] = None,
-    seed: Annotated[
-        int, typer.Option(metavar="N", help="Seed that makes faults and seeds reproducible.")
-    ] = 0,
-    allow_remote: Annotated[
-        bool,
-        typer.Option(
-            "--allow-remote", help="Fetch inputs and call webhooks beyond loopback addresses."
-        ),
-    ] = False,
-    balance: Annotated[
-        float | None,
-        typer.Option(metavar="USD", help="Submissions get HTTP 402 once billing reaches it."),
-    ] = None,
-    video_bytes: Annotated[
-        int | None,
-        typer.Option(
-            metavar="N",
-            help="Pad every MP4/MOV result to this size (sparse), to test big downloads.",
-        ),
-    ] = None,
-    profile: Annotated[
-        SandboxProfile,
-        typer.Option(
-            help="strict: one getResponse per request, 202 acknowledgements, a 2 s "
-            "registration lag, 'completed' results, no videoURL with an uploadEndpoint, "
-            "upload UUIDs never reused."
-        ),
-    ] = "default",
-) -> None:
-    """Serve the offline Runware emulator (POST /v1, GET /sandbox/ledger, /sandbox/stats)."""
-    with user_errors():
-        config = sandbox_settings.build(
-            api_key=api_key,
-            latency=latency,
-            fixed_latency=fixed_latency,
-            workers=workers,
-            render=render,
-            faults=faults,
-            seed=seed,
-            allow_remote=allow_remote,
-            balance=balance,
-            video_bytes=video_bytes,
-            profile=profile,
-        )
-        if host not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
-            stderr().print(f"warning: serving on {host}: other machines can reach this sandbox")
-        stderr().print(
-            f"sandbox: http://{host}:{port}/v1 (ledger: /sandbox/ledger, stats: /sandbox/stats); "
-            f"profile {config.profile}, faults: {config.faults}, seed {config.seed}; Ctrl-C stops",
-            markup=False,
-        )
-        from avatarbatch.sandbox.server import serve  # only this command needs the server
-
-        serve(config, host, port)
+command(name="sandbox")(sandbox_command.sandbox)
 
 
 @command()

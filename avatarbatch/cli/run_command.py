@@ -1,25 +1,25 @@
-"""The `run` command's wiring: options from flags and environment, logging, progress, asyncio.
+"""The `run` command's wiring: where tasks go (flags and environment), logging, progress, asyncio.
 
-Kept out of cli.py so that the command body stays a few lines, and out of batch.py so that the
-library entry point never touches logging configuration or the terminal.
+Kept out of commands.py so that the command body stays a few lines, and out of the engine so
+that the library entry point never touches logging configuration or the terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
-from decimal import Decimal
+from collections.abc import Mapping
 from pathlib import Path
 
 from avatarbatch.cli import progress
 from avatarbatch.cli.environment import client_settings, read_dotenv
-from avatarbatch.engine import batch
-from avatarbatch.engine.batch import BatchOptions, RunSummary
-from avatarbatch.engine.poller import NOT_FOUND_GRACE, PollTiming
+from avatarbatch.config import RunSettings
 from avatarbatch.engine.runner import Runner
+from avatarbatch.engine.session import run_batch
+from avatarbatch.engine.summary import RunSummary
 from avatarbatch.runware import check
 from avatarbatch.sandbox import settings as sandbox_settings
 
@@ -27,73 +27,55 @@ log = logging.getLogger("avatarbatch.run")
 
 PROGRESS_EVERY = 0.5  #: seconds between progress redraws
 CHECKED_SINGLE_POLLS = 1  #: the poll batch that a check finding batches refused calls for
+#: render slots of a rehearsal's sandbox when the run sends fewer tasks at once: the
+#: sandbox's own default, so a rehearsal at low concurrency renders like `avatarbatch sandbox`
+REHEARSAL_MIN_WORKERS = 4
 
 
-def options(
+@dataclasses.dataclass(frozen=True)
+class Rehearsal:
+    """The `--sandbox-*` flags: how the sandbox started for a rehearsal behaves."""
+
+    latency: float
+    faults: str | None
+    render: str
+    seed: int
+    profile: str = "default"
+
+
+def connect(
+    wanted: RunSettings,
     *,
     environ: Mapping[str, str],
-    out: Path | None,
-    state: Path | None,
-    concurrency: int,
-    rps: float,
-    max_cost: float | None,
-    retry_failed: bool,
     api_url: str | None,
-    sandbox: bool,
-    sandbox_latency: float,
-    sandbox_faults: str | None,
-    sandbox_render: str,
-    sandbox_seed: int,
-    sandbox_profile: str = "default",
-    poll_batch: int | None = None,
-    not_found_grace: float = NOT_FOUND_GRACE,
-    only: tuple[str, ...] = (),
-    where: tuple[str, ...] = (),
-    confirm: Callable[[Decimal, int], bool] | None = None,
-) -> BatchOptions:
-    """BatchOptions from command-line values; the sandbox is used only when asked for.
+    rehearsal: Rehearsal | None,
+) -> RunSettings:
+    """The settings, told where tasks go: a sandbox if asked for, else the API.
 
     Without --poll-batch, a fresh `avatarbatch check` of the same API decides whether polls
     are batched, so the very first poll of a real run already takes the right shape.
     """
-    sandbox_config = None
-    client = None
-    if sandbox:
-        sandbox_config = sandbox_settings.build(
-            latency=sandbox_latency,
-            faults=sandbox_faults,
-            render=sandbox_render,
-            seed=sandbox_seed,
-            workers=max(4, concurrency),
-            profile=sandbox_profile,
+    if rehearsal is not None:
+        config = sandbox_settings.build(
+            latency=rehearsal.latency,
+            faults=rehearsal.faults,
+            render=rehearsal.render,
+            seed=rehearsal.seed,
+            workers=max(REHEARSAL_MIN_WORKERS, wanted.concurrency),
+            profile=rehearsal.profile,
             option_prefix="--sandbox-",
         )
-    else:
-        client = client_settings(environ, read_dotenv(Path(".env")), api_url=api_url)
-        if poll_batch is None and check.refused_batches(environ, client.api_url):
-            poll_batch = CHECKED_SINGLE_POLLS
-        if poll_batch is not None:
-            client = client.model_copy(update={"poll_batch_size": poll_batch})
-    return BatchOptions(
-        client=client,
-        sandbox=sandbox_config,
-        out=out,
-        state=state,
-        concurrency=concurrency,
-        rps=rps,
-        max_cost=None if max_cost is None else Decimal(str(max_cost)),
-        retry_failed=retry_failed,
-        poll_batch=poll_batch,
-        poll=PollTiming(not_found_grace=not_found_grace),
-        only=only,
-        where=where,
-        confirm=confirm,
-    )
+        return dataclasses.replace(wanted, sandbox=config)
+    client = client_settings(environ, read_dotenv(Path(".env")), api_url=api_url)
+    poll_batch = wanted.poll_batch
+    if poll_batch is None and check.refused_batches(environ, client.api_url):
+        poll_batch = CHECKED_SINGLE_POLLS
+    return dataclasses.replace(wanted, client=client, poll_batch=poll_batch)
 
 
 def execute(
     manifest: Path,
-    run_options: BatchOptions,
+    settings: RunSettings,
     *,
     tty: bool,
     quiet: bool = False,
@@ -103,19 +85,19 @@ def execute(
     console = progress.configure_logging(tty=tty, verbose=verbose)
     if quiet:
         logging.getLogger("avatarbatch").setLevel(logging.WARNING)
-    client = run_options.client
-    single = run_options.poll_batch == CHECKED_SINGLE_POLLS and client is not None
+    client = settings.client
+    single = settings.poll_batch == CHECKED_SINGLE_POLLS and client is not None
     if single and client is not None and check.refused_batches(os.environ, client.api_url):
         log.info("a fresh `avatarbatch check` found batched polls refused: one task each")
     try:
-        return asyncio.run(_with_progress(manifest, run_options, console))
+        return asyncio.run(_with_progress(manifest, settings, console))
     finally:
         # Handlers hold this invocation's stream; a caller that goes on (tests, a REPL) must
         # not log into it once it is closed.
         logging.getLogger("avatarbatch").handlers.clear()
 
 
-async def _with_progress(manifest: Path, run_options: BatchOptions, console: object) -> RunSummary:
+async def _with_progress(manifest: Path, settings: RunSettings, console: object) -> RunSummary:
     runners: list[Runner] = []
     from rich.console import Console
 
@@ -125,17 +107,15 @@ async def _with_progress(manifest: Path, run_options: BatchOptions, console: obj
         while True:
             await asyncio.sleep(PROGRESS_EVERY)
             if runners:
-                runner = runners[0]
-                bar.set_total(len(runner.jobs))
-                bar.update(
-                    runner.state.counts(), float(runner.budget.spent), runner.estimated_total
-                )
+                now = runners[0].progress()
+                bar.set_total(now.jobs)
+                bar.update(now.counts, now.spent, now.estimated_total)
 
     with bar:
         ticker = asyncio.create_task(redraw())
         try:
-            return await batch.run_batch(
-                manifest, run_options, handle_signals=True, on_runner=runners.append
+            return await run_batch(
+                manifest, settings, handle_signals=True, on_runner=runners.append
             )
         finally:
             ticker.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from avatarbatch.manifest.preflight import Preflight
 from avatarbatch.plan import DAMAGED, Plan, StoredJob, build_plan
 from avatarbatch.report.files import summary_markdown, write_reports
 from avatarbatch.state import lock
+from avatarbatch.state.history import lines, story
 from avatarbatch.state.store import JobStatus, StateStore
 
 
@@ -89,6 +91,58 @@ def load(
         }
     finally:
         store.close()
+
+
+#: How many known job ids a refusal of an unknown one suggests, and how alike they must be.
+SUGGESTIONS = 3
+SUGGESTION_CUTOFF = 0.6
+
+
+def job_history(
+    manifest: Path | None, *, state: Path | None, out: Path | None, sandbox: bool, job_id: str
+) -> dict[str, Any]:
+    """One job's story from the state file's events, as one JSON-ready mapping:
+    {"job", "status", "attempts", "events": [{"at", "what", ...detail}, ...]}."""
+    if manifest is not None:
+        loaded, where = located(manifest, state=state, out=out, sandbox=sandbox)
+        state = where.state
+    elif state is None:
+        raise UsageError("give a MANIFEST or --state FILE")
+    if not state.exists():
+        raise UsageError(_nothing_ran(state))
+    store = StateStore.open(state)
+    try:
+        if manifest is not None:
+            place.check_manifest(store, where, loaded)
+        record = store.get(job_id)
+        if record is None:
+            raise UsageError(_unknown_job(job_id, store.job_ids(), state))
+        events = store.events(job_id)
+    finally:
+        store.close()
+    return {
+        "job": record.id,
+        "status": record.status.value,
+        "attempts": record.attempts,
+        "events": story(events),
+    }
+
+
+def history_lines(history: dict[str, Any]) -> list[str]:
+    """A `job_history` as lines to print: a heading, then one line per step, oldest first."""
+    return lines(history)
+
+
+def _unknown_job(job_id: str, known: list[str], state: Path) -> str:
+    close = difflib.get_close_matches(job_id, known, n=SUGGESTIONS, cutoff=SUGGESTION_CUTOFF)
+    if close:
+        hint = "did you mean " + " or ".join(repr(name) for name in close) + "?"
+    elif known:
+        shown = ", ".join(known[:SUGGESTIONS]) + (", ..." if len(known) > SUGGESTIONS else "")
+        hint = f"it holds {len(known)} job{'s' * (len(known) != 1)}: {shown}"
+    else:
+        hint = "it holds no job yet"
+    return f"no job {job_id!r} in {state}; {hint}"
 
 
 def rewrite_reports(

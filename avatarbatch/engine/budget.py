@@ -5,15 +5,36 @@ It caps this run, not the state file's lifetime (that is what a nightly cron wit
 the estimates of this run's submissions still in flight. A job is submitted only if committed +
 its own estimate stays within the cap. Tasks adopted from an interrupted run were committed by
 that run and are not charged here (they still take --concurrency slots first, see runner.py).
-A job whose audio length is unknown (remote audio) reserves the worst case, 300 seconds per
-result, since its real cost cannot be known in advance.
+A job whose audio length is unknown (remote audio) reserves the worst case, the longest audio
+the models take per result, since its real cost cannot be known in advance.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
 from avatarbatch import catalog
+from avatarbatch.plan import PlannedJob
+from avatarbatch.runware.client import VideoResult
+
+
+def result_estimate(model: catalog.AvatarModel, seconds: float | None) -> Decimal:
+    """What one result of a job is expected to cost; the worst case if its length is unknown."""
+    return model.cost(catalog.AUDIO_MAX_SECONDS if seconds is None else seconds)
+
+
+def estimated_total(planned: Iterable[PlannedJob]) -> Decimal:
+    """The plan's estimate of these jobs; those of unmeasured (remote) audio count nothing."""
+    return sum((p.estimated_cost or Decimal(0) for p in planned), Decimal(0))
+
+
+def billed_cost(results: Sequence[VideoResult], per_result: Decimal) -> tuple[Decimal, str]:
+    """What results cost, and whence: Runware's own figure ("api"), else, for any result
+    without a usable one, our estimate per result ("estimate": the reports mark it)."""
+    costs = [per_result if r.cost is None else Decimal(str(r.cost)) for r in results]
+    source = "estimate" if any(r.cost is None for r in results) else "api"
+    return sum(costs, Decimal(0)), source
 
 
 class Budget:
@@ -22,10 +43,6 @@ class Budget:
         self.spent = spent
         self._reserved: dict[str, Decimal] = {}
         self.exhausted = False  #: a reservation was refused: no more submissions this run
-
-    @staticmethod
-    def estimate(model: catalog.AvatarModel, seconds: float | None, results: int) -> Decimal:
-        return model.cost(catalog.AUDIO_MAX_SECONDS if seconds is None else seconds, results)
 
     @property
     def committed(self) -> Decimal:

@@ -284,7 +284,7 @@ def damaged_videos(recorded: Iterable[RecordedOutput], out: Path) -> Damage:
     found = Damage({}, [])
     base = os.path.join(out, "")  # noqa: PTH118 - the folder with its separator
     for output in recorded:
-        if output.status != JobStatus.DONE.value or output.job_id in found.damaged:
+        if output.status != JobStatus.DONE or output.job_id in found.damaged:
             continue
         relative = relative_output(out, output.path)
         reason = _damage(base, relative, output, found)

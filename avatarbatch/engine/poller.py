@@ -11,7 +11,9 @@ request per job instead of one request per job per second.
 
 A task the API accepted and then answers as unknown is not given up at once: the docs say
 nothing of a registration lag or of results aging out, so it is asked about again for
-`not_found_grace` seconds before the runner hears of it (see Runner._await_render).
+`not_found_grace` seconds before the runner hears of it (see stages.Stages.poll).
+
+Time comes from an injected clock and sleep, so tests can run the poller on a fake clock.
 """
 
 from __future__ import annotations
@@ -20,37 +22,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
+from avatarbatch.config import PollTiming
 from avatarbatch.errors import ApiError, TransientError
-from avatarbatch.runware.client import RunwareClient, TaskState
+from avatarbatch.runware.client import TaskState
 
 log = logging.getLogger("avatarbatch.poller")
 
+#: what the render time is predicted from when the audio length is unknown (remote audio): a
+#: typical clip, so the first checks are neither wasted nor minutes late
+UNKNOWN_AUDIO_SECONDS = 10.0
+#: tasks due within this many seconds of now join this POST: the loop wakes up a hair early
+#: or late, and a task due a moment later would otherwise cost a POST of its own
+DUE_SLACK = 0.01
+#: the shortest render time learnt from: a task found on its very first check taught only an
+#: upper bound, which may be about zero, and a zero would make every later prediction zero
+MIN_RENDER_SECONDS = 0.01
 
-NOT_FOUND_GRACE = 30.0  #: seconds; see PollTiming.not_found_grace
 
+class PollsTasks(Protocol):
+    """What the poller needs of the API client."""
 
-@dataclass(frozen=True)
-class PollTiming:
-    initial: float = 1.0  #: first check while nothing has been learnt yet
-    # Submissions share POSTs (submitter.py), so polls can be frequent. Bench scenario A (200
-    # tasks of 3 s, concurrency 16): 0.065-0.075 s between a render's end and the poll that
-    # sees it, against 0.15 s with 0.95/0.05/0.1; 0.29 POSTs per job in all, polls 0.18.
-    early: float = 0.98  #: first check at this fraction of the expected render time
-    step: float = 0.02  #: re-check interval as a fraction of the expected render time
-    min_interval: float = 0.05
-    max_interval: float = 10.0
-    growth: float = 1.5  #: each further miss waits this much longer
-    window: float = 0.02  #: tasks due within this fraction of their expected time share a POST
-    smoothing: float = 0.3  #: weight of the newest observation
-    blind_step: float = 0.15  #: re-check after this share of the wait, before anything is learnt
-    blind_min: float = 0.25  #: and at least this long
-    #: how long a task the API accepted may answer "not found" (or not be mentioned at all)
-    #: before the runner is told: the docs say nothing of a registration lag, or of results
-    #: aging out, and a job failed too early is paid for again by --retry-failed
-    not_found_grace: float = NOT_FOUND_GRACE
+    async def poll(self, task_uuids: Iterable[str]) -> dict[str, TaskState]: ...
 
 
 class RenderTimeEstimate:
@@ -102,13 +98,15 @@ class _Watch:
 class Poller:
     def __init__(
         self,
-        client: RunwareClient,
+        client: PollsTasks,
         timing: PollTiming | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._client = client
         self._timing = timing or PollTiming()
         self._clock = clock
+        self._sleep = sleep
         self._watches: dict[str, _Watch] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -121,7 +119,7 @@ class Poller:
         """A future resolved with the task's final state; starts the polling loop if needed."""
         now = self._clock()
         future: asyncio.Future[TaskState] = asyncio.get_running_loop().create_future()
-        watch = _Watch(future, expected_results, audio_seconds or 10.0, now)
+        watch = _Watch(future, expected_results, audio_seconds or UNKNOWN_AUDIO_SECONDS, now)
         if not self._plan(watch, now):  # nothing learnt yet: check every task in flight together
             watch.due = now + self._timing.initial
             watch.window = self._timing.blind_min
@@ -152,11 +150,20 @@ class Poller:
                 continue
             wait = self._next_poll() - self._clock()
             if wait > 0:
-                self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), wait)
+                await self._pause(wait)
                 continue
             await self._poll_due()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if a task is watched meanwhile (it may be due sooner)."""
+        self._changed.clear()
+        woken = asyncio.ensure_future(self._changed.wait())
+        slept = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait((woken, slept), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            slept.cancel()
 
     def _next_poll(self) -> float:
         """When to poll: once every task due within a window of the earliest one is due.
@@ -170,7 +177,7 @@ class Poller:
 
     async def _poll_due(self) -> None:
         now = self._clock()
-        due = [uuid for uuid, w in self._watches.items() if w.due <= now + 0.01]
+        due = [uuid for uuid, w in self._watches.items() if w.due <= now + DUE_SLACK]
         self.polls += 1
         try:
             states = await self._client.poll(due)
@@ -255,4 +262,4 @@ class Poller:
             duration = finished_by
         else:
             duration = (watch.last_miss - watch.started + finished_by) / 2
-        self.estimate.learn(max(duration, 0.01), watch.seconds)
+        self.estimate.learn(max(duration, MIN_RENDER_SECONDS), watch.seconds)
