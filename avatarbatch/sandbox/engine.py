@@ -24,12 +24,11 @@ import tempfile
 import time
 import uuid as uuidlib
 from collections import Counter
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from avatarbatch.sandbox import accounts, items, persist, store
+from avatarbatch.sandbox import accounts, items, persist, restore, store
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultInjector, unit_interval
 from avatarbatch.sandbox.inputs import Inputs
@@ -117,48 +116,17 @@ class Engine:
             self.state = None
 
     def _restore(self, saved: persist.Saved) -> None:
-        """Take up what an earlier run saved: its tasks, uploads and conflict count.
-
-        The registration lag of a restored task counts from its acceptance on the wall clock
-        (the monotonic clock it was stamped with died with the process): its `accepted_at`
-        becomes the monotonic instant that lies as far in the past.
-        """
-        now, wall = time.monotonic(), time.time()
-        for item in saved.uploads:
-            if item.path.is_file():
-                self.media.add(store.StoredMedia(item.media_uuid, None, item.mime, item.path))
-        self.upload_uuids = {item.task_uuid for item in saved.uploads}
+        """Take up what an earlier run saved: its tasks, uploads and conflict count."""
+        restored = restore.restore(saved, self.storage)
+        for item in restored.uploads:
+            self.media.add(item)
+        self.upload_uuids = restored.upload_uuids
         self.conflicts = saved.conflicts
-        for row in saved.tasks:
-            task = Task(
-                row.uuid,
-                row.request,
-                row.base_url,
-                now - max(0.0, wall - row.accepted_at),
-                seconds=row.seconds,
-                finished=row.finished,
-                restored=True,
-            )
-            task.results = [self._restored_result(task, result) for result in row.results]
-            self.tasks[task.uuid] = task
-            if task.finished:
-                continue
-            if all(result.status != "processing" for result in task.results):
-                task.finished = True  # stopped between its last result and the end of the task
-                self._save(task)
-                continue
-            self.in_flight += 1
-            self._resumed.append(task)
-        self.peak_in_flight = self.in_flight
-
-    def _restored_result(self, task: Task, saved: persist.SavedResult) -> Result:
-        result = Result(saved.video_uuid, saved.seed, saved.status, expires_at=saved.expires_at)
-        result.error = saved.error
-        if saved.status == "success" and saved.path is not None:
-            result.path, result.cost = self.storage / saved.path, saved.cost
-            if not task.finished and not result.path.is_file():
-                result.status, result.path, result.cost = "processing", None, Decimal(0)
-        return result
+        self.tasks.update(restored.tasks)
+        for task in restored.ended:
+            self._save(task)
+        self._resumed = restored.resumed
+        self.in_flight = self.peak_in_flight = len(restored.resumed)
 
     def _save(self, task: Task) -> None:
         """Write a task's progress, if persistent; a failed write is logged, never raised.
