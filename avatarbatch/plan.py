@@ -22,6 +22,8 @@ from avatarbatch.jsonlines import json_with_item_lines
 from avatarbatch.manifest.document import Job
 from avatarbatch.manifest.fields import JobFields
 from avatarbatch.manifest.media import MediaInfo, MediaRef
+from avatarbatch.money import MONEY_PLACES as MONEY_PLACES  # re-exported: its old home
+from avatarbatch.statuses import JobStatus
 
 
 class PlanStatus(StrEnum):
@@ -35,16 +37,19 @@ class PlanStatus(StrEnum):
     REFETCH = "refetch"
 
 
+class StoredMark(StrEnum):
+    """A StoredJob status that is no state status: what the output folder says of a job."""
+
+    DAMAGED = "damaged"  #: done in the state file, its video not as downloaded
+
+
 RUNS = frozenset({PlanStatus.NEW, PlanStatus.CHANGED, PlanStatus.UNFINISHED})
-DAMAGED = "damaged"  #: a StoredJob status: done in the state file, its video not as downloaded
-#: Stored statuses a plan takes as they are: the state's `done` and `failed` (plan sits below
-#: the state layer, so it knows them by value); any other stored status is unfinished work.
-SETTLED = {PlanStatus.DONE.value: PlanStatus.DONE, PlanStatus.FAILED.value: PlanStatus.FAILED}
+DAMAGED = StoredMark.DAMAGED
+#: Stored statuses a plan takes as they are; any other stored status is unfinished work.
+SETTLED = {JobStatus.DONE: PlanStatus.DONE, JobStatus.FAILED: PlanStatus.FAILED}
 #: The JobFields spec_hash covers: all but names (id, vars) and the media text, which it
 #: covers by identity instead
 HASHED = tuple(f for f in JobFields.model_fields if f not in {"id", "vars", "portrait", "audio"})
-#: decimals of every money figure shown to people: per-second prices ($0.044 x 12.345 s) need 5
-MONEY_PLACES = 5
 SECONDS_PLACES = 3  #: decimals of audio seconds written: Runware bills whole milliseconds
 
 
@@ -53,7 +58,7 @@ class StoredJob:
     """What the state file knows about a job, as far as planning needs it."""
 
     spec_hash: str
-    status: str  #: a state status (`done`, `failed`, ...) or DAMAGED
+    status: JobStatus | StoredMark  #: its status in the state file, or DAMAGED
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +199,7 @@ def plan_status(stored: StoredJob | None, digest: str) -> PlanStatus:
         return PlanStatus.NEW
     if stored.spec_hash != digest:
         return PlanStatus.CHANGED
-    if stored.status == DAMAGED:
+    if stored.status is StoredMark.DAMAGED:
         return PlanStatus.REFETCH
     return SETTLED.get(stored.status, PlanStatus.UNFINISHED)
 

@@ -24,7 +24,8 @@ from typer.testing import CliRunner, Result
 
 from avatarbatch.cli import status_view, status_watch
 from avatarbatch.cli.commands import app
-from avatarbatch.engine.batch import BatchOptions, run_batch
+from avatarbatch.config import RunSettings
+from avatarbatch.engine.batch import run_batch
 from avatarbatch.errors import TransientError, UsageError
 from avatarbatch.runware.client import ClientSettings, RunwareClient
 from avatarbatch.sandbox.config import SandboxConfig
@@ -231,9 +232,9 @@ def test_a_selection_that_cannot_be_met_is_refused_before_anything_runs(
 # --- asked before paying, at a terminal only ---------------------------------------------------
 
 
-def options_for(server: RunningSandbox, **fields: Any) -> BatchOptions:
+def options_for(server: RunningSandbox, **fields: Any) -> RunSettings:
     client = ClientSettings(api_url=server.api_url, api_key=SecretStr("k-test"))
-    return BatchOptions(client=client, rps=100, **fields)
+    return RunSettings(client=client, rps=100, **fields)
 
 
 def test_a_no_at_the_question_stops_before_any_request(
@@ -343,12 +344,12 @@ async def test_no_network_names_the_host_and_the_cause() -> None:
 
 
 def test_unfinished_jobs_are_not_sent_to_retry_failed() -> None:
-    from avatarbatch.engine.batch import _unfinished_message
+    from avatarbatch.engine.summary import unfinished_message
 
-    text = _unfinished_message(0, 7, "cannot reach Runware at h (imageUpload): Connection refused")
+    text = unfinished_message(0, 7, "cannot reach Runware at h (imageUpload): Connection refused")
     assert "--retry-failed" not in text and "run the same command again" in text
     assert "Connection refused" in text
-    both = _unfinished_message(2, 1, None)
+    both = unfinished_message(2, 1, None)
     assert both == (
         "2 failed (--retry-failed runs them again); 1 unfinished (run the same command again "
         "to resume)"

@@ -37,8 +37,8 @@ from typer.testing import CliRunner
 from avatarbatch.cli import progress
 from avatarbatch.cli.commands import app
 from avatarbatch.cli.environment import client_settings, read_dotenv
-from avatarbatch.engine.batch import BatchOptions, RunSummary, run_batch
-from avatarbatch.engine.poller import PollTiming
+from avatarbatch.config import PollTiming, RunSettings
+from avatarbatch.engine.batch import RunSummary, run_batch
 from avatarbatch.errors import AuthError, RejectedError, TransientError, UsageError
 from avatarbatch.runware import classify
 from avatarbatch.runware.client import ClientSettings, RunwareClient
@@ -470,7 +470,7 @@ def run(manifest: Path, server: Serving, tmp_path: Path, key: str) -> RunSummary
         download_timeout=5,
         request_timeout=5,
     )
-    options = BatchOptions(
+    options = RunSettings(
         client=settings, out=tmp_path / "out", rps=200, poll=QUICK_POLL, job_timeout=30
     )
     return asyncio.run(asyncio.wait_for(run_batch(manifest, options), HANG_GUARD))

@@ -772,7 +772,7 @@ def test_every_spelling_of_a_duplicate_is_a_conflict(code: str | None, status: i
 
 
 def test_a_delivered_video_is_named_without_its_secrets() -> None:
-    from avatarbatch.engine.runner import _without_query
+    from avatarbatch.engine.downloads import without_query
 
     url = "https://user:pw@bucket.example:9000/out/a.mp4?X-Amz-Signature=abc#frag"
-    assert _without_query(url) == "https://bucket.example:9000/out/a.mp4"
+    assert without_query(url) == "https://bucket.example:9000/out/a.mp4"

@@ -28,7 +28,7 @@ from avatarbatch.report.files import (
     summary_markdown,
     write_reports,
 )
-from avatarbatch.state.store import JobStatus, StateStore
+from avatarbatch.state.store import JobSpec, JobStatus, StateStore
 
 #: a dollar figure with anything but 5 decimals
 NOT_FIVE_PLACES = re.compile(r"\$[\d,]+(?:\.(?!\d{5}(?!\d))\d+)?(?![\d.,])")
@@ -165,14 +165,17 @@ def test_markdown_lists_the_files_actually_written(media: Path, tmp_path: Path) 
         assert line == f"Files in {out}: cost_report.csv, report.json, report.md, index.html"
         assert line == f"Files in {out}: " + ", ".join(report_files(data))
 
-        store.ensure_job(
-            "b",
-            spec_hash="h",
-            model=manifest.jobs[1].model,
-            number_results=1,
-            audio_seconds=4.0,
-            estimated_cost=0.176,
-            vars={},
+        store.ensure_jobs(
+            [
+                JobSpec(
+                    "b",
+                    spec_hash="h",
+                    model=manifest.jobs[1].model,
+                    number_results=1,
+                    audio_seconds=4.0,
+                    estimated_cost=0.176,
+                )
+            ]
         )
         store.transition("b", JobStatus.FAILED, error_code="x", error_message="refused")
         write_reports(manifest, store, out)

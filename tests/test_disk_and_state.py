@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse, Response
 from typer.testing import CliRunner, Result
 
 from avatarbatch.cli.commands import app
-from avatarbatch.engine.batch import BatchOptions, run_batch
-from avatarbatch.engine.poller import PollTiming
+from avatarbatch.config import PollTiming, RunSettings
+from avatarbatch.engine.batch import run_batch
 from avatarbatch.errors import UsageError
 from avatarbatch.manifest.preflight import preflight
 from avatarbatch.runware.client import ClientSettings
@@ -77,11 +77,11 @@ def summary(result: Result) -> dict[str, object]:
     return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def quick_options(api_url: str, out: Path) -> BatchOptions:
+def quick_options(api_url: str, out: Path) -> RunSettings:
     settings = ClientSettings(
         api_url=api_url, api_key=SecretStr("test-key"), backoff_initial=0.01, backoff_max=0.05
     )
-    return BatchOptions(client=settings, out=out, rps=200, poll=QUICK_POLL)
+    return RunSettings(client=settings, out=out, rps=200, poll=QUICK_POLL)
 
 
 def complete_run(manifest: Path, api_url: str, out: Path) -> None:

@@ -509,7 +509,7 @@ def test_two_jobs_that_swap_output_names_keep_their_videos_and_their_folder(
     assert succeeded(run(manifest, out, sandbox))["submitted"] == 0
     assert (sha256(videos / "es.mp4"), sha256(videos / "en.mp4")) == (a, b)  # swapped on disk
     with StateStore.open(out / "state.sqlite") as store:
-        owners = {path: f.job_id for path, f in store.owned_files().items() if f.job_id}
+        owners = {path: job for path, job in store.owner_map().items() if job}
     assert owners == {"videos/es.mp4": "a", "videos/en.mp4": "b"}
     third = run(manifest, out, sandbox)  # was: exit 2, "holds files ... (videos/es.mp4)"
     assert (succeeded(third)["submitted"], submissions(sandbox)) == (0, 2)

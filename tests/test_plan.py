@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from avatarbatch.manifest.preflight import Preflight, preflight
-from avatarbatch.plan import PlanStatus, StoredJob, build_plan, spec_hash
+from avatarbatch.plan import DAMAGED, PlanStatus, StoredJob, build_plan, spec_hash
+from avatarbatch.statuses import JobStatus
 
 Write = Callable[[str, str | bytes], Path]
 
@@ -64,9 +65,9 @@ def test_statuses_come_from_the_stored_spec_hash(checked: Preflight) -> None:
     assert checked.manifest is not None
     jobs = checked.manifest.jobs
     stored = {
-        "en-std": StoredJob(spec_hash(jobs[0], checked.media), "done"),
-        "es-std": StoredJob("something-else", "done"),
-        "es-pro": StoredJob(spec_hash(jobs[2], checked.media), "failed"),
+        "en-std": StoredJob(spec_hash(jobs[0], checked.media), JobStatus.DONE),
+        "es-std": StoredJob("something-else", JobStatus.DONE),
+        "es-pro": StoredJob(spec_hash(jobs[2], checked.media), JobStatus.FAILED),
     }
     plan = build_plan(jobs, checked.media, stored)
     assert [p.status for p in plan.jobs] == [PlanStatus.DONE, PlanStatus.CHANGED, PlanStatus.FAILED]
@@ -77,9 +78,24 @@ def test_unfinished_job_is_picked_up(checked: Preflight) -> None:
     assert checked.manifest is not None
     job = checked.manifest.jobs[0]
     plan = build_plan(
-        [job], checked.media, {job.id: StoredJob(spec_hash(job, checked.media), "processing")}
+        [job],
+        checked.media,
+        {job.id: StoredJob(spec_hash(job, checked.media), JobStatus.PROCESSING)},
     )
     assert plan.jobs[0].status is PlanStatus.UNFINISHED
+
+
+def test_a_done_job_whose_video_is_damaged_is_fetched_again_at_no_cost(
+    checked: Preflight,
+) -> None:
+    assert checked.manifest is not None
+    job = checked.manifest.jobs[0]
+    digest = spec_hash(job, checked.media)
+    plan = build_plan([job], checked.media, {job.id: StoredJob(digest, DAMAGED)})
+    assert plan.jobs[0].status is PlanStatus.REFETCH
+    assert plan.to_run.jobs == 0
+    changed = build_plan([job], checked.media, {job.id: StoredJob("other", DAMAGED)})
+    assert changed.jobs[0].status is PlanStatus.CHANGED
 
 
 def test_spec_hash_follows_content_not_names(checked: Preflight) -> None:

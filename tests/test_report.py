@@ -17,8 +17,8 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from avatarbatch.cli.commands import app
-from avatarbatch.engine.batch import BatchOptions, RunSummary, run_batch
-from avatarbatch.engine.poller import PollTiming
+from avatarbatch.config import PollTiming, RunSettings
+from avatarbatch.engine.batch import RunSummary, run_batch
 from avatarbatch.manifest.document import load_manifest
 from avatarbatch.report import gallery
 from avatarbatch.report.data import FINISHED, build_report, tally_by_status
@@ -27,7 +27,7 @@ from avatarbatch.report.files import cost_csv_lines, safe_cell
 from avatarbatch.runware.client import ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from avatarbatch.state.store import JobStatus, StateStore
+from avatarbatch.state.store import JobSpec, JobStatus, StateStore
 from conftest import DEMO, wav_bytes
 
 QUICK = SandboxConfig(latency=0, fixed_latency=0.05, render="stub", workers=8)
@@ -38,7 +38,7 @@ def run(manifest: Path, sandbox: RunningSandbox, out: Path) -> RunSummary:
     client = ClientSettings(
         api_url=sandbox.api_url, api_key=SecretStr("k"), backoff_initial=0.01, backoff_max=0.05
     )
-    options = BatchOptions(
+    options = RunSettings(
         client=client, out=out, rps=100, poll=PollTiming(initial=0.05, min_interval=0.05)
     )
     return asyncio.run(run_batch(manifest, options))
@@ -156,14 +156,17 @@ def test_cost_mismatch_over_ten_percent_is_reported(media: Path, tmp_path: Path)
     )
     manifest = load_manifest(manifest_path)
     with StateStore.open(tmp_path / "s.sqlite") as store:
-        store.ensure_job(
-            "a",
-            spec_hash="h",
-            model=manifest.jobs[0].model,
-            number_results=1,
-            audio_seconds=3.0,
-            estimated_cost=0.132,
-            vars={},
+        store.ensure_jobs(
+            [
+                JobSpec(
+                    "a",
+                    spec_hash="h",
+                    model=manifest.jobs[0].model,
+                    number_results=1,
+                    audio_seconds=3.0,
+                    estimated_cost=0.132,
+                )
+            ]
         )
         for status in (JobStatus.UPLOADING, JobStatus.SUBMITTING, JobStatus.PROCESSING):
             store.transition("a", status)
@@ -220,14 +223,17 @@ def test_init_writes_starters_that_validate_once_media_is_there(tmp_path: Path) 
 def test_one_tally_by_status_counts_jobs_and_sums_their_costs(tmp_path: Path) -> None:
     with StateStore.open(tmp_path / "s.sqlite") as store:
         for job_id, estimate in (("a", 0.132), ("b", 0.176), ("c", None)):
-            store.ensure_job(
-                job_id,
-                spec_hash="h",
-                model="klingai:avatar@2.0-standard",
-                number_results=1,
-                audio_seconds=None if estimate is None else 3.0,
-                estimated_cost=estimate,
-                vars={},
+            store.ensure_jobs(
+                [
+                    JobSpec(
+                        job_id,
+                        spec_hash="h",
+                        model="klingai:avatar@2.0-standard",
+                        number_results=1,
+                        audio_seconds=None if estimate is None else 3.0,
+                        estimated_cost=estimate,
+                    )
+                ]
             )
         for status in (JobStatus.UPLOADING, JobStatus.SUBMITTING, JobStatus.PROCESSING):
             store.transition("a", status)

@@ -28,6 +28,7 @@ from avatarbatch.state.lock import StateLocked, lock_path, state_lock
 from avatarbatch.state.store import (
     MIGRATIONS,
     TRANSITIONS,
+    JobRecord,
     JobSpec,
     JobStatus,
     OwnedFile,
@@ -44,7 +45,6 @@ SPEC: dict[str, Any] = {
     "number_results": 1,
     "audio_seconds": 3.5,
     "estimated_cost": 0.35,
-    "vars": {"lang": "en"},
 }
 RESULT = {
     "video_uuid": "v-1",
@@ -94,8 +94,16 @@ def path_to(status: JobStatus) -> list[JobStatus]:
     raise AssertionError(status)
 
 
+def register(store: StateStore, job_id: str, **changes: Any) -> JobRecord:
+    """Register one job as a run registers its plan (`ensure_jobs`); its record as stored."""
+    store.ensure_jobs([JobSpec(job_id, **{**SPEC, **changes})])
+    record = store.get(job_id)
+    assert record is not None
+    return record
+
+
 def job_at(store: StateStore, status: JobStatus, job_id: str = "a") -> None:
-    store.ensure_job(job_id, **SPEC)
+    register(store, job_id)
     for step in path_to(status):
         store.transition(job_id, step)
 
@@ -115,7 +123,7 @@ def test_opening_a_new_path_creates_folders_and_applies_every_migration(path: Pa
 
 def test_reopening_an_existing_file_applies_no_migration_twice(path: Path) -> None:
     with StateStore.open(path) as store:
-        store.ensure_job("a", **SPEC)
+        register(store, "a")
     before = sql(path, "select * from _migrations")
     with StateStore.open(path) as store:
         assert list(store.jobs()) == ["a"]
@@ -149,7 +157,7 @@ def test_the_state_file_and_its_wal_are_private_even_under_a_loose_umask(path: P
     old = os.umask(0o022)
     try:
         with StateStore.open(path) as store:
-            store.ensure_job("a", **SPEC)
+            register(store, "a")
             wal = Path(f"{path}-wal")
             assert wal.exists()
             assert mode(path) == 0o600
@@ -187,7 +195,7 @@ def test_an_empty_sqlite_database_is_adopted_and_migrated(path: Path) -> None:
     sqlite3.connect(path).close()  # a valid, empty database (zero bytes)
     assert path.stat().st_size == 0
     with StateStore.open(path) as store:
-        store.ensure_job("a", **SPEC)
+        register(store, "a")
         assert store.counts()["pending"] == 1
 
 
@@ -223,7 +231,7 @@ def test_a_migrations_table_from_elsewhere_is_a_state_error(
 def test_the_file_reads_as_plain_json_columns_for_sqlite_utils(
     store: StateStore, path: Path
 ) -> None:
-    store.ensure_job("a", **SPEC)
+    register(store, "a")
     store.transition("a", S.SUBMITTING, task_uuid="t-1", attempts=1)
     store.transition("a", S.PROCESSING)
     store.transition("a", S.DOWNLOADING, results=[RESULT])
@@ -235,30 +243,31 @@ def test_the_file_reads_as_plain_json_columns_for_sqlite_utils(
     assert sql(path, "select json_extract(results, '$[0].cost') from jobs") == [(0.3,)]
 
 
-# --- ensure_job -------------------------------------------------------------------------------------
+# --- ensure_jobs ------------------------------------------------------------------------------------
 
 
-def test_ensure_job_inserts_a_new_job_as_pending(store: StateStore) -> None:
-    record = store.ensure_job("a", **SPEC)
+def test_ensure_jobs_inserts_a_new_job_as_pending(store: StateStore) -> None:
+    record = register(store, "a")
     assert (record.status, record.attempts, record.task_uuid) == (S.PENDING, 0, None)
     assert (record.results, record.outputs) == ([], [])
     assert store.get("a") == record
     assert [e["kind"] for e in store.events("a")] == ["created"]
 
 
-def test_ensure_job_with_the_same_spec_returns_the_stored_job_unchanged(store: StateStore) -> None:
+def test_ensure_jobs_with_the_same_spec_leaves_the_stored_job_unchanged(store: StateStore) -> None:
     job_at(store, S.PROCESSING)
     stored = store.get("a")
-    assert store.ensure_job("a", **{**SPEC, "vars": {"lang": "xx"}}) == stored
+    assert store.ensure_jobs([JobSpec("a", **SPEC)]) == {"a": S.PROCESSING}
+    assert store.get("a") == stored
 
 
-def test_ensure_job_with_a_changed_spec_resets_the_job_but_keeps_its_outputs(
+def test_ensure_jobs_with_a_changed_spec_resets_the_job_but_keeps_its_outputs(
     store: StateStore,
 ) -> None:
     job_at(store, S.DOWNLOADING)
     store.transition("a", S.DONE, task_uuid="t-1", attempts=1, results=[RESULT],
                      outputs=[OUTPUT], actual_cost=0.3, image_input="img")  # fmt: skip
-    record = store.ensure_job("a", **{**SPEC, "spec_hash": "h2", "audio_seconds": 9.0})
+    record = register(store, "a", spec_hash="h2", audio_seconds=9.0)
     assert (record.status, record.spec_hash, record.audio_seconds) == (S.PENDING, "h2", 9.0)
     assert (record.attempts, record.task_uuid, record.results) == (0, None, [])
     assert (record.actual_cost, record.error_code, record.image_input) == (None, None, None)
@@ -270,7 +279,7 @@ def test_ensure_job_with_a_changed_spec_resets_the_job_but_keeps_its_outputs(
 
 
 def test_ensure_jobs_handles_new_same_and_changed_jobs_in_one_call(store: StateStore) -> None:
-    store.ensure_job("same", **SPEC)
+    register(store, "same")
     job_at(store, S.FAILED, "changed")
     specs = [
         JobSpec("new", **SPEC),
@@ -320,7 +329,7 @@ def test_a_transition_of_an_unknown_job_is_a_state_error(store: StateStore) -> N
 
 
 def test_an_unknown_field_is_a_type_error_and_writes_nothing(store: StateStore) -> None:
-    store.ensure_job("a", **SPEC)
+    register(store, "a")
     with pytest.raises(TypeError, match="colour"):
         store.transition("a", S.UPLOADING, colour="red")
     assert store.get("a").status is S.PENDING  # type: ignore[union-attr]
@@ -328,7 +337,7 @@ def test_an_unknown_field_is_a_type_error_and_writes_nothing(store: StateStore) 
 
 
 def test_a_transition_appends_an_event_with_both_states_and_the_fields(store: StateStore) -> None:
-    store.ensure_job("a", **SPEC)
+    register(store, "a")
     store.transition("a", S.SUBMITTING, task_uuid="t-1", attempts=1)
     event = store.events("a")[-1]
     assert event["kind"] == "transition"
@@ -369,7 +378,7 @@ def test_a_transition_logs_the_ledger_and_files_writes_of_its_transaction(
 
 
 def test_a_new_attempt_logs_its_task_with_attempt_run_and_estimate(store: StateStore) -> None:
-    store.ensure_job("a", **SPEC)
+    register(store, "a")
     sent = TaskEntry("t-1", TaskStatus.SUBMITTING, attempt=1, spec_hash="h1", run_id=3,
                      estimated_cost=0.35)  # fmt: skip
     store.transition("a", S.SUBMITTING, tasks=[sent], task_uuid="t-1", attempts=1)
@@ -382,7 +391,7 @@ def test_a_new_attempt_logs_its_task_with_attempt_run_and_estimate(store: StateS
 def test_settling_a_task_logs_its_whole_entry_in_the_same_commit(
     store: StateStore, path: Path
 ) -> None:
-    store.ensure_job("a", **SPEC)
+    register(store, "a")
     entry = TaskEntry("t-9", TaskStatus.BILLED, billed_cost=0.5, cost_source="estimate")
     store.settle_task("a", entry)
     assert store.events("a")[-1]["detail"] == {
@@ -400,7 +409,7 @@ def test_settling_a_task_logs_its_whole_entry_in_the_same_commit(
 
 def test_fields_round_trip_through_a_reopened_file(path: Path) -> None:
     with StateStore.open(path) as store:
-        store.ensure_job("å-1", **{**SPEC, "vars": {"lang": "日本語", "take": "2"}})
+        register(store, "å-1")
         job_at(store, S.DOWNLOADING, "å-1")
         fields: dict[str, Any] = {
             "task_uuid": "t-9", "attempts": 2, "results": [RESULT, {**RESULT, "seed": None}],
@@ -419,7 +428,7 @@ def test_fields_round_trip_through_a_reopened_file(path: Path) -> None:
 
 
 def test_decimal_costs_are_stored_as_floats(store: StateStore) -> None:
-    record = store.ensure_job("a", **{**SPEC, "estimated_cost": Decimal("0.35")})
+    record = register(store, "a", estimated_cost=Decimal("0.35"))
     assert record.estimated_cost == 0.35
     job_at(store, S.PROCESSING)
     record = store.transition("a", S.DOWNLOADING, actual_cost=Decimal("0.30"),
@@ -431,7 +440,7 @@ def test_decimal_costs_are_stored_as_floats(store: StateStore) -> None:
 def test_the_injected_clock_stamps_jobs_and_events(path: Path) -> None:
     ticks = itertools.count(100)
     with StateStore.open(path, clock=lambda: float(next(ticks))) as store:
-        first = store.ensure_job("a", **SPEC)
+        first = register(store, "a")
         second = store.transition("a", S.UPLOADING)
         times = [e["at"] for e in store.events("a")]
     assert 100 <= first.updated_at < second.updated_at
@@ -456,9 +465,9 @@ def test_each_public_write_commits_exactly_once(store: StateStore) -> None:
 
     writes = [
         start,
-        lambda: store.ensure_job("a", **SPEC),
+        lambda: store.ensure_jobs([JobSpec("a", **SPEC)]),
         lambda: store.ensure_jobs([JobSpec("b", **SPEC), JobSpec("c", **SPEC)]),
-        lambda: store.ensure_job("a", **{**SPEC, "spec_hash": "h2"}),
+        lambda: store.ensure_jobs([JobSpec("a", **{**SPEC, "spec_hash": "h2"})]),
         lambda: store.transition("a", S.UPLOADING),
         lambda: store.transition(
             "a",
@@ -482,7 +491,7 @@ def test_each_public_write_commits_exactly_once(store: StateStore) -> None:
 def test_a_transition_whose_event_cannot_be_written_changes_nothing(
     store: StateStore, path: Path
 ) -> None:
-    store.ensure_job("a", **SPEC)
+    register(store, "a")
     sql(path, "create trigger no_events before insert on events "
              "begin select raise(abort, 'disk full, say'); end;")  # fmt: skip
     with pytest.raises(sqlite3.IntegrityError, match="disk full"):
@@ -529,7 +538,7 @@ def test_a_writer_killed_mid_run_leaves_a_file_the_next_run_reads_consistently(p
 @given(moves=st.lists(st.sampled_from(list(S)), max_size=25))
 def test_random_move_sequences_follow_the_table(moves: list[JobStatus]) -> None:
     with tempfile.TemporaryDirectory() as folder, StateStore.open(Path(folder) / "s.db") as store:
-        store.ensure_job("a", **SPEC)
+        register(store, "a")
         current, accepted = S.PENDING, []
         for target in moves:
             if target in TRANSITIONS[current]:
@@ -549,24 +558,25 @@ def test_random_move_sequences_follow_the_table(moves: list[JobStatus]) -> None:
 
 def test_jobs_are_listed_in_insertion_order(store: StateStore) -> None:
     for job_id in ["zeta", "alpha", "mid"]:
-        store.ensure_job(job_id, **SPEC)
+        register(store, job_id)
     store.transition("alpha", S.UPLOADING)
     assert list(store.jobs()) == ["zeta", "alpha", "mid"]
 
 
 def test_planning_view_matches_plan_stored_job(store: StateStore) -> None:
-    store.ensure_job("a", **SPEC)
+    register(store, "a")
     job_at(store, S.DONE, "b")
     view = store.planning_view()
-    assert view == {"a": StoredJob("h1", "pending"), "b": StoredJob("h1", "done")}
+    assert view == {"a": StoredJob("h1", S.PENDING), "b": StoredJob("h1", S.DONE)}
+    assert all(type(stored.status) is JobStatus for stored in view.values())
     assert plan_status(view["b"], "h1") is PlanStatus.DONE
     assert plan_status(view["b"], "h2") is PlanStatus.CHANGED
     assert plan_status(view["a"], "h1") is PlanStatus.UNFINISHED
 
 
 def test_events_can_be_read_for_one_job_or_all(store: StateStore) -> None:
-    store.ensure_job("a", **SPEC)
-    store.ensure_job("b", **SPEC)
+    register(store, "a")
+    register(store, "b")
     store.settle_task("b", TaskEntry("t-b", TaskStatus.REFUSED, billed_cost=0.0))
     store.transition("a", S.UPLOADING)
     assert [e["kind"] for e in store.events("b")] == ["created", "task"]
@@ -604,7 +614,7 @@ def test_counts_cover_every_status_and_spend_sums_actual_costs(store: StateStore
     job_at(store, S.PROCESSING, "b")
     billed = TaskEntry("task-b", TaskStatus.BILLED, billed_cost=0.5, cost_source="api")
     store.transition("b", S.FAILED, tasks=[billed], actual_cost=0.5, error_code="nsfw")
-    store.ensure_job("c", **SPEC)
+    register(store, "c")
     assert store.counts() == {
         **dict.fromkeys([s.value for s in S], 0),
         "done": 1,

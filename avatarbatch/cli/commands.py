@@ -25,16 +25,31 @@ from avatarbatch.cli import (
     views,
 )
 from avatarbatch.cli.options import (
-    ENV,
-    FAULTS_HELP,
+    ConcurrencyOpt,
+    ConfirmAboveOpt,
     JsonOpt,
     ManifestArg,
+    MaxCostOpt,
+    NotFoundGraceOpt,
+    OnlyOpt,
     OptionalManifestArg,
     OutOpt,
+    PollBatchOpt,
+    QuietOpt,
     RehearsalOpt,
-    SandboxProfile,
-    SandboxRender,
+    RetryFailedOpt,
+    RpsOpt,
+    RunApiUrlOpt,
+    SandboxFaultsOpt,
+    SandboxLatencyOpt,
+    SandboxOpt,
+    SandboxProfileOpt,
+    SandboxRenderOpt,
+    SandboxSeedOpt,
     StateOpt,
+    VerboseOpt,
+    WhereOpt,
+    YesOpt,
     json_end,
     stderr,
     stdout,
@@ -42,10 +57,15 @@ from avatarbatch.cli.options import (
 )
 from avatarbatch.config import CONFIRM_ABOVE_USD, DEFAULTS, PollTiming, RunSettings, usd
 from avatarbatch.engine.session import checked
+from avatarbatch.errors import ExitCode
 from avatarbatch.manifest.preflight import Preflight, preflight
 from avatarbatch.manifest.problems import display_path, plural
 from avatarbatch.report.data import money
 from avatarbatch.runware import check
+from avatarbatch.sandbox.config import SandboxConfig
+
+#: The `--sandbox-*` options of `run` default to what the sandbox itself defaults to.
+SANDBOX_DEFAULTS = SandboxConfig.model_fields
 
 
 class _Command(typer.core.TyperCommand):
@@ -86,7 +106,7 @@ def validate(manifest: ManifestArg, as_json: JsonOpt = False) -> None:
     """Check every row and every media file; exit 0 when valid, 2 when not."""
     with user_errors(as_json):
         result = preflight(manifest)
-    code = 0 if result.ok else 2
+    code = ExitCode.OK if result.ok else ExitCode.USAGE
     jobs = len(result.manifest.jobs) if result.manifest else None
     if as_json:
         problems = [p.as_dict() for p in result.problems.items]
@@ -124,102 +144,25 @@ def run(
     manifest: ManifestArg,
     out: OutOpt = None,
     state: StateOpt = None,
-    concurrency: Annotated[
-        int,
-        typer.Option(
-            min=1, max=256, metavar="N", envvar=ENV + "CONCURRENCY", help="Tasks in flight at once."
-        ),
-    ] = DEFAULTS.concurrency,
-    rps: Annotated[
-        float,
-        typer.Option(
-            min=0.05, metavar="N", envvar=ENV + "RPS", help="API requests per second, at most."
-        ),
-    ] = DEFAULTS.rps,
-    max_cost: Annotated[
-        float | None,
-        typer.Option(
-            min=0,
-            metavar="USD",
-            envvar=ENV + "MAX_COST",
-            help="Stop submitting before this invocation spends more.",
-        ),
-    ] = None,
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Run failed jobs again.")
-    ] = DEFAULTS.retry_failed,
-    only: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="ID", help="Run only this job (repeatable); the rest stay as they are."
-        ),
-    ] = None,
-    where: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="VAR=VALUE",
-            help="Run only rows whose var has this value (repeatable: all must hold).",
-        ),
-    ] = None,
-    confirm_above: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            metavar="USD",
-            envvar=ENV + "CONFIRM_ABOVE",
-            help="On a terminal, ask before a real run estimated above this.",
-        ),
-    ] = CONFIRM_ABOVE_USD,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Never ask; run.")] = False,
-    api_url: Annotated[
-        str | None,
-        typer.Option(metavar="URL", help="API base URL (default RUNWARE_API_URL, or Runware's)."),
-    ] = None,
-    sandbox: Annotated[
-        bool,
-        typer.Option(
-            "--sandbox", help="Rehearse on a local sandbox (its own folder: OUT/sandbox)."
-        ),
-    ] = False,
-    sandbox_latency: Annotated[
-        float,
-        typer.Option(min=0, metavar="S", help="Sandbox render seconds per second of audio."),
-    ] = 0.2,
-    sandbox_faults: Annotated[str | None, typer.Option(metavar="SPEC", help=FAULTS_HELP)] = None,
-    sandbox_render: Annotated[
-        SandboxRender, typer.Option(help="Sandbox renders: real (full) or tiny cached (stub).")
-    ] = "full",
-    sandbox_seed: Annotated[
-        int, typer.Option(metavar="N", help="Sandbox seed (faults replay from it).")
-    ] = 0,
-    sandbox_profile: Annotated[
-        SandboxProfile,
-        typer.Option(help="Sandbox profile: strict plays the docs' narrowest reading."),
-    ] = "default",
-    poll_batch: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=500,
-            metavar="N",
-            envvar=ENV + "POLL_BATCH",
-            help="getResponse tasks per request (1: one each, the SDK's way; default: 50, "
-            "or 1 if a fresh `avatarbatch check` found batches refused).",
-        ),
-    ] = None,
-    not_found_grace: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            metavar="S",
-            help="Seconds a task the API accepted may answer 'not found' before it is sent "
-            "again under the same UUID (a registration lag must not fail a paid job).",
-        ),
-    ] = DEFAULTS.poll.not_found_grace,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Warnings and errors only; no progress bar.")
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug log lines too.")] = False,
+    concurrency: ConcurrencyOpt = DEFAULTS.concurrency,
+    rps: RpsOpt = DEFAULTS.rps,
+    max_cost: MaxCostOpt = None,
+    retry_failed: RetryFailedOpt = DEFAULTS.retry_failed,
+    only: OnlyOpt = None,
+    where: WhereOpt = None,
+    confirm_above: ConfirmAboveOpt = CONFIRM_ABOVE_USD,
+    yes: YesOpt = False,
+    api_url: RunApiUrlOpt = None,
+    sandbox: SandboxOpt = False,
+    sandbox_latency: SandboxLatencyOpt = SANDBOX_DEFAULTS["latency"].default,
+    sandbox_faults: SandboxFaultsOpt = None,
+    sandbox_render: SandboxRenderOpt = SANDBOX_DEFAULTS["render"].default,
+    sandbox_seed: SandboxSeedOpt = SANDBOX_DEFAULTS["seed"].default,
+    sandbox_profile: SandboxProfileOpt = SANDBOX_DEFAULTS["profile"].default,
+    poll_batch: PollBatchOpt = None,
+    not_found_grace: NotFoundGraceOpt = DEFAULTS.poll.not_found_grace,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run every job that is not done yet (resumable; never pays twice for a job)."""
@@ -353,7 +296,7 @@ def check_api(
     """Before your first real batch: what the API accepts, with calls that cost nothing."""
     with user_errors(as_json):
         result = check_command.execute(os.environ, api_url=api_url)
-    code = 4 if result.auth == "refused" else 0
+    code = ExitCode.AUTH if result.auth == "refused" else ExitCode.OK
     if as_json:
         typer.echo(json.dumps({**result.as_json(), "exit_code": code}))
     else:

@@ -60,6 +60,98 @@ FAULTS_HELP = (
     + "."
 )
 
+# --- the options of `run` (their defaults are RunSettings' and SandboxConfig's) ---------------
+
+ConcurrencyOpt = Annotated[
+    int,
+    typer.Option(
+        min=1, max=256, metavar="N", envvar=ENV + "CONCURRENCY", help="Tasks in flight at once."
+    ),
+]
+RpsOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.05, metavar="N", envvar=ENV + "RPS", help="API requests per second, at most."
+    ),
+]
+MaxCostOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        metavar="USD",
+        envvar=ENV + "MAX_COST",
+        help="Stop submitting before this invocation spends more.",
+    ),
+]
+RetryFailedOpt = Annotated[bool, typer.Option("--retry-failed", help="Run failed jobs again.")]
+OnlyOpt = Annotated[
+    list[str] | None,
+    typer.Option(metavar="ID", help="Run only this job (repeatable); the rest stay as they are."),
+]
+WhereOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="VAR=VALUE",
+        help="Run only rows whose var has this value (repeatable: all must hold).",
+    ),
+]
+ConfirmAboveOpt = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        metavar="USD",
+        envvar=ENV + "CONFIRM_ABOVE",
+        help="On a terminal, ask before a real run estimated above this.",
+    ),
+]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Never ask; run.")]
+RunApiUrlOpt = Annotated[
+    str | None,
+    typer.Option(metavar="URL", help="API base URL (default RUNWARE_API_URL, or Runware's)."),
+]
+SandboxOpt = Annotated[
+    bool,
+    typer.Option("--sandbox", help="Rehearse on a local sandbox (its own folder: OUT/sandbox)."),
+]
+SandboxLatencyOpt = Annotated[
+    float, typer.Option(min=0, metavar="S", help="Sandbox render seconds per second of audio.")
+]
+SandboxFaultsOpt = Annotated[str | None, typer.Option(metavar="SPEC", help=FAULTS_HELP)]
+SandboxRenderOpt = Annotated[
+    SandboxRender, typer.Option(help="Sandbox renders: real (full) or tiny cached (stub).")
+]
+SandboxSeedOpt = Annotated[
+    int, typer.Option(metavar="N", help="Sandbox seed (faults replay from it).")
+]
+SandboxProfileOpt = Annotated[
+    SandboxProfile,
+    typer.Option(help="Sandbox profile: strict plays the docs' narrowest reading."),
+]
+PollBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=500,
+        metavar="N",
+        envvar=ENV + "POLL_BATCH",
+        help="getResponse tasks per request (1: one each, the SDK's way; default: 50, "
+        "or 1 if a fresh `avatarbatch check` found batches refused).",
+    ),
+]
+NotFoundGraceOpt = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        metavar="S",
+        help="Seconds a task the API accepted may answer 'not found' before it is sent "
+        "again under the same UUID (a registration lag must not fail a paid job).",
+    ),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Warnings and errors only; no progress bar.")
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug log lines too.")]
+
 
 def stdout() -> Console:
     return Console(soft_wrap=True, highlight=False)

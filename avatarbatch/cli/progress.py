@@ -20,8 +20,9 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.text import Text
 
+from avatarbatch.money import money
 from avatarbatch.redact import RedactingFilter
-from avatarbatch.report.data import FINISHED, money
+from avatarbatch.report.data import FINISHED
 from avatarbatch.state.store import JobStatus
 
 #: The statuses between pending and finished, counted on the bar while jobs are in them.

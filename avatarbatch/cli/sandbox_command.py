@@ -8,6 +8,10 @@ import typer
 
 from avatarbatch.cli.options import FAULTS_HELP, SandboxProfile, SandboxRender, stderr, user_errors
 from avatarbatch.sandbox import settings as sandbox_settings
+from avatarbatch.sandbox.config import SandboxConfig
+
+#: The option defaults are the config's own, so the two cannot drift apart.
+_DEFAULT = {name: field.default for name, field in SandboxConfig.model_fields.items()}
 
 
 def sandbox(
@@ -21,20 +25,20 @@ def sandbox(
     ] = None,
     latency: Annotated[
         float, typer.Option(min=0, metavar="S", help="Render seconds per second of audio.")
-    ] = 0.2,
+    ] = _DEFAULT["latency"],
     fixed_latency: Annotated[
         float, typer.Option(min=0, metavar="S", help="Render seconds added to every task.")
-    ] = 0.3,
+    ] = _DEFAULT["fixed_latency"],
     workers: Annotated[
         int, typer.Option(min=1, metavar="N", help="Render slots; more tasks wait in a queue.")
-    ] = 4,
+    ] = _DEFAULT["workers"],
     render: Annotated[
         SandboxRender, typer.Option(help="full: real renders; stub: tiny cached videos.")
-    ] = "full",
+    ] = _DEFAULT["render"],
     faults: Annotated[str | None, typer.Option(metavar="SPEC", help=FAULTS_HELP)] = None,
     seed: Annotated[
         int, typer.Option(metavar="N", help="Seed that makes faults and seeds reproducible.")
-    ] = 0,
+    ] = _DEFAULT["seed"],
     allow_remote: Annotated[
         bool,
         typer.Option(

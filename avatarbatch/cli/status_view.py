@@ -10,7 +10,9 @@ from avatarbatch.engine import outputs, place
 from avatarbatch.errors import UsageError
 from avatarbatch.manifest.document import Manifest, load_manifest
 from avatarbatch.manifest.preflight import Preflight
+from avatarbatch.money import MONEY_PLACES
 from avatarbatch.plan import DAMAGED, Plan, StoredJob, build_plan
+from avatarbatch.report.data import tally_by_status
 from avatarbatch.report.files import summary_markdown, write_reports
 from avatarbatch.state import lock
 from avatarbatch.state.history import lines, story
@@ -69,17 +71,18 @@ def load(
         if manifest is not None:
             place.check_manifest(store, where, loaded)
         jobs = store.jobs()
+        tally = tally_by_status(jobs.values())
         runs = store.runs()
         return {
             "state_file": str(state),
             "jobs": len(jobs),
-            "by_status": store.counts(),
-            "spend": round(store.spend(), 5),
+            "by_status": tally.counts(every=JobStatus),
+            "spend": round(store.spend(), MONEY_PLACES),
             "damaged_videos": outputs.damaged_videos(
                 store.recorded_outputs(),
                 out or outputs.folder_of(store, default_out or state.parent),
             ).damaged,
-            "estimated": round(sum(j.estimated_cost or 0.0 for j in jobs.values()), 5),
+            "estimated": round(tally.totals().estimated_cost, MONEY_PLACES),
             "failures": [
                 {"id": j.id, "error_code": j.error_code, "error_message": j.error_message}
                 for j in jobs.values()

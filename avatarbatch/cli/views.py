@@ -16,8 +16,8 @@ from rich.table import Table
 from avatarbatch import catalog
 from avatarbatch.cli.progress import TIME_FORMAT, stage_label
 from avatarbatch.manifest.problems import Problem, Problems, plural
+from avatarbatch.money import money
 from avatarbatch.plan import Plan, PlannedJob, PlanStatus, Totals
-from avatarbatch.report.data import money
 
 if TYPE_CHECKING:
     from avatarbatch.engine.batch import RunSummary

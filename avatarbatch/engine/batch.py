@@ -16,19 +16,13 @@ from pydantic import SecretStr
 from avatarbatch.config import DEFAULTS, RunSettings, usd
 from avatarbatch.engine.session import checked, register_plan, run_batch
 from avatarbatch.engine.summary import RunSummary
-from avatarbatch.engine.summary import unfinished_message as _unfinished_message
 from avatarbatch.errors import UsageError
 from avatarbatch.runware.client import DEFAULT_API_URL, ClientSettings
 from avatarbatch.sandbox.config import SandboxConfig
 
-#: RunSettings under the name some tests and scripts import
-BatchOptions = RunSettings
-
 __all__ = [
-    "BatchOptions",
     "RunSettings",
     "RunSummary",
-    "_unfinished_message",
     "checked",
     "register_plan",
     "run_batch",

@@ -20,7 +20,8 @@ from avatarbatch.engine.context import JobWork, RunContext
 from avatarbatch.engine.outcome import Checkpoint
 from avatarbatch.engine.outputs import VIDEOS
 from avatarbatch.engine.verify import VideoCheckError, verify_video
-from avatarbatch.errors import ApiError, RejectedError, TransientError
+from avatarbatch.errors import ConflictError, RejectedError, TransientError
+from avatarbatch.report.data import money
 from avatarbatch.state.store import JobRecord, JobStatus, OwnedFile
 
 log = logging.getLogger("avatarbatch.run")
@@ -30,6 +31,12 @@ log = logging.getLogger("avatarbatch.run")
 VERIFY_ATTEMPTS = 3
 #: HTTP statuses of a result URL that is gone for good (expired), not merely unreachable
 GONE_STATUSES = (404, 410)
+#: Seconds between downloads of a result that failed the video check: the first pause, then
+#: doubling up to the longest. What spoils a download (a proxy's error page, a body cut short)
+#: usually passes within seconds, and longer pauses would only hold a download slot for a
+#: result the next run fetches again at no cost anyway.
+VERIFY_RETRY_FIRST_WAIT = 0.5
+VERIFY_RETRY_MAX_WAIT = 5.0
 
 
 async def download(ctx: RunContext, work: JobWork, record: JobRecord) -> None:
@@ -64,9 +71,8 @@ async def download(ctx: RunContext, work: JobWork, record: JobRecord) -> None:
                 file = await _fetch(ctx, work, result["video_url"], final, relative)
             files.append(file)
             outputs.append({"path": file.path, "bytes": file.bytes, "sha256": file.sha256})
-        except ApiError as exc:
-            if exc.stops_run:
-                raise
+        except (TransientError, RejectedError, ConflictError) as exc:
+            # Any other error (one that stops the run) is the worker's to judge.
             _refused(ctx, work, exc)
             return
         except VideoCheckError as exc:
@@ -95,16 +101,18 @@ async def download(ctx: RunContext, work: JobWork, record: JobRecord) -> None:
         log.error("job %s: failed: %s", job.id, record.error_message)
         return
     log.info(
-        "job %s: done (%d video%s, $%.5f)",
+        "job %s: done (%d video%s, %s)",
         job.id,
         len(outputs),
         "s" * (len(outputs) > 1),
-        record.actual_cost or 0,
+        money(record.actual_cost or 0),
     )
     await ctx.checkpoint(Checkpoint.DOWNLOAD_AFTER, job.id)
 
 
-def _refused(ctx: RunContext, work: JobWork, exc: ApiError) -> None:
+def _refused(
+    ctx: RunContext, work: JobWork, exc: TransientError | RejectedError | ConflictError
+) -> None:
     """A download the API's side refused: left for the next run, or failed if gone for good."""
     if isinstance(exc, TransientError):
         # The result is paid for: failing the job would make --retry-failed pay again. It
@@ -128,7 +136,7 @@ async def _fetch(ctx: RunContext, work: JobWork, url: str, final: Path, relative
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(VideoCheckError),
             stop=stop_after_attempt(VERIFY_ATTEMPTS),
-            wait=wait_exponential(multiplier=0.5, max=5),
+            wait=wait_exponential(multiplier=VERIFY_RETRY_FIRST_WAIT, max=VERIFY_RETRY_MAX_WAIT),
             reraise=True,
         ):
             with attempt:

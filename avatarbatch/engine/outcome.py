@@ -6,10 +6,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from avatarbatch.errors import ApiError
-from avatarbatch.state.store import JobStatus
-
-#: Statuses a run leaves alone (failed ones too, unless --retry-failed).
-FINISHED = (JobStatus.DONE, JobStatus.FAILED)
 
 
 class Checkpoint(StrEnum):

@@ -16,21 +16,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 
 from avatarbatch.config import RunSettings
-from avatarbatch.engine.budget import estimated_total
 from avatarbatch.engine.context import JobWork, RunContext
-
-# Imported from here by tests/test_client_tolerance.py.
-from avatarbatch.engine.downloads import without_query as _without_query  # noqa: F401
-from avatarbatch.engine.outcome import FINISHED, Hooks, Outcome, Progress
+from avatarbatch.engine.outcome import Hooks, Outcome, Progress
 from avatarbatch.engine.stages import FIRST_STEP, SLOT_STEPS, Drive, Stages, Step
 from avatarbatch.engine.strays import settle_stray
 from avatarbatch.engine.uploads import Uploads
 from avatarbatch.errors import ApiError
 from avatarbatch.manifest.media import MediaInfo
 from avatarbatch.plan import PlannedJob
+from avatarbatch.report.data import FINISHED
 from avatarbatch.runware.client import RunwareClient
 from avatarbatch.state.store import JobStatus, StateStore
 
@@ -57,13 +55,15 @@ class Runner:
         hooks: Hooks | None = None,
         run_id: int | None = None,
         *,
+        estimated_total: Decimal,
         manifest_ids: Iterable[str] | None = None,
     ) -> None:
+        """`estimated_total`: the plan's estimate of `planned` (budget.estimated_total)."""
         self.work = {p.job.id: JobWork.of(p) for p in planned}
         #: every job of the manifest, when this run works on a subset: a task of a job outside
         #: the subset is that job's, not a stray to settle
         self.manifest_ids = list(manifest_ids) if manifest_ids is not None else list(self.work)
-        self.estimated_total = float(estimated_total(planned))
+        self.estimated_total = float(estimated_total)
         self.ctx = RunContext(state, client, out, settings, hooks, run_id)
         self.uploads = Uploads(state, client, media)
         self.stages = Stages(self.ctx, self.uploads)

@@ -12,12 +12,13 @@ import logging
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from avatarbatch.config import RunSettings
 from avatarbatch.engine import outputs, place, sandboxed, selection
 from avatarbatch.engine.budget import estimated_total
-from avatarbatch.engine.outcome import FINISHED, Hooks, Outcome
+from avatarbatch.engine.outcome import Hooks, Outcome
 from avatarbatch.engine.runner import Runner
 from avatarbatch.engine.signals import signals_enabled
 from avatarbatch.engine.summary import RunSummary, outcome_word, summarize
@@ -25,6 +26,7 @@ from avatarbatch.errors import ExitCode, ManifestError, UsageError
 from avatarbatch.manifest.document import Manifest
 from avatarbatch.manifest.preflight import Preflight, preflight
 from avatarbatch.plan import PlannedJob, build_plan
+from avatarbatch.report.data import FINISHED
 from avatarbatch.report.files import summary_markdown, write_reports
 from avatarbatch.runware.client import RunwareClient, make_http_client
 from avatarbatch.runware.limits import RateLimiter
@@ -140,6 +142,7 @@ async def _run_planned(
         store.seen_unchanged(damage.unchanged)
     plan = build_plan(manifest.jobs, checked_manifest.media, store.planning_view())
     chosen = [p for p in plan.jobs if selected is None or p.job.id in selected]
+    estimated = estimated_total(chosen)  # once, for the progress display and the summary
     statuses = register_plan(store, chosen)
     outputs.apply_renames(renames, out, store)
     statuses |= _refetch_damaged(store, damage.damaged, statuses)
@@ -156,12 +159,20 @@ async def _run_planned(
         if strays or _has_work(statuses, settings.retry_failed):
             manifest_ids = None if selected is None else [job.id for job in manifest.jobs]
             outcome = await _execute(
-                checked_manifest, chosen, manifest_ids, store, out, settings, wiring, run_id
+                checked_manifest,
+                chosen,
+                estimated,
+                manifest_ids,
+                store,
+                out,
+                settings,
+                wiring,
+                run_id,
             )
     finally:
         overview = store.overview()
         spend = (store.spend(), store.spend(run_id))
-        summary = summarize(overview, chosen, outcome, where, spend)
+        summary = summarize(overview, chosen, outcome, where, spend, estimated)
         store.finish_run(
             run_id,
             outcome=outcome_word(summary.exit_code),
@@ -203,17 +214,19 @@ def _check_writable(folder: Path) -> None:
 
 def register_plan(store: StateStore, planned: Iterable[PlannedJob]) -> dict[str, JobStatus]:
     """Bring the state file in line with the manifest (new and changed jobs) in one commit."""
-    return store.ensure_jobs(
-        JobSpec(
-            id=p.job.id,
-            spec_hash=p.spec_hash,
-            model=p.job.model,
-            number_results=p.job.number_results,
-            audio_seconds=p.audio_seconds,
-            estimated_cost=None if p.estimated_cost is None else float(p.estimated_cost),
-            vars=p.job.vars,
-        )
-        for p in planned
+    return store.ensure_jobs(job_spec(p) for p in planned)
+
+
+def job_spec(planned: PlannedJob) -> JobSpec:
+    """What the state file keeps of a planned job (made here: the state sits below the plan)."""
+    cost = planned.estimated_cost
+    return JobSpec(
+        id=planned.job.id,
+        spec_hash=planned.spec_hash,
+        model=planned.job.model,
+        number_results=planned.job.number_results,
+        audio_seconds=planned.audio_seconds,
+        estimated_cost=None if cost is None else float(cost),
     )
 
 
@@ -235,6 +248,7 @@ def _confirm(
 async def _execute(
     checked_manifest: Preflight,
     chosen: list[PlannedJob],
+    estimated: Decimal,
     manifest_ids: list[str] | None,
     store: StateStore,
     out: Path,
@@ -258,6 +272,7 @@ async def _execute(
                 settings,
                 wiring.hooks,
                 run_id,
+                estimated_total=estimated,
                 manifest_ids=manifest_ids,
             )
             if wiring.on_runner is not None:

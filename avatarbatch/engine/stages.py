@@ -9,8 +9,9 @@ before the request is sent, and the outcome is committed after. So a job is paid
 once per attempt, wherever the process died.
 
 No stage calls another: the runner loops `step = await stages.run(step, drive)` until END.
-A stage leaves a job for the next run, or fails it, by returning END; it raises only errors
-no stage decides (retries ran out) and those that stop the run (`ApiError.stops_run`).
+A stage leaves a job for the next run, or fails it, by returning END. Each catches only the
+errors it decides; any other (retries ran out, or an error that stops the run) reaches the
+worker untouched, which alone judges it (runner.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from avatarbatch.engine.payloads import video_task
 from avatarbatch.engine.uploads import Uploads
 from avatarbatch.errors import ApiError, ConflictError, RejectedError, TransientError
 from avatarbatch.runware import classify
-from avatarbatch.runware.client import TaskState, VideoResult
+from avatarbatch.runware.client import TaskState
 from avatarbatch.state.store import JobRecord, JobStatus, OwnedFile, TaskEntry, TaskStatus
 
 log = logging.getLogger("avatarbatch.run")
@@ -112,10 +113,10 @@ class Stages:
         try:
             image = await self.uploads.value(job.portrait, "image", refresh=refresh)
             audio = await self.uploads.value(job.audio, "media", refresh=refresh)
-        except ApiError as exc:
-            if exc.stops_run or isinstance(exc, TransientError):
-                raise  # the worker stops the run, or leaves the job for the next run
-            ctx.fail(job.id, exc)  # the API refused the input itself: this job cannot succeed
+        except (RejectedError, ConflictError) as exc:
+            # The API refused the input itself: this job cannot succeed. Any other error is
+            # the worker's to judge: it leaves the job for the next run, or stops the run.
+            ctx.fail(job.id, exc)
             return Step.END
         await ctx.checkpoint(Checkpoint.UPLOAD_AFTER, job.id)
         drive.record = ctx.transition(
@@ -192,8 +193,14 @@ class Stages:
                 "job %s: submit did not get through (%s); the next run checks it", job.id, exc
             )
             return Step.END
-        except ApiError as exc:
+        except RejectedError as exc:
             return self._refused(drive, task_uuid, exc, refreshed=refreshed)
+        except ApiError:
+            # Not this stage's to decide (the worker stops the run), but the API refused the
+            # task: the ledger books it as never billed first.
+            for entry in self._refusal(drive, task_uuid):
+                ctx.state.settle_task(job.id, entry)
+            raise
         ctx.outcome.tasks_sent += 1
         ctx.outcome.submitted_jobs.add(job.id)
         await ctx.checkpoint(Checkpoint.SUBMIT_SENT, job.id)
@@ -203,26 +210,28 @@ class Stages:
         await ctx.checkpoint(Checkpoint.SUBMIT_AFTER, job.id)
         return Step.POLL
 
-    def _refused(self, drive: Drive, task_uuid: str, exc: ApiError, *, refreshed: bool) -> Step:
+    def _refusal(self, drive: Drive, task_uuid: str) -> list[TaskEntry]:
+        """A refused submission's reservation released, and the ledger entry booking it as
+        never billed: none for a task the API accepted once (resent because it no longer knew
+        it), which may have been billed: its ledger row stays open, to be settled as a stray."""
+        self.ctx.budget.release(drive.work.job.id)
+        if _accepted_once(drive):
+            return []
+        return [TaskEntry(task_uuid, TaskStatus.REFUSED, billed_cost=0.0)]
+
+    def _refused(
+        self, drive: Drive, task_uuid: str, exc: RejectedError, *, refreshed: bool
+    ) -> Step:
         """The API refused a submission: upload again, leave the job, or fail it."""
         ctx, job = self.ctx, drive.work.job
-        ctx.budget.release(job.id)
-        # A task the API accepted once (resent because it no longer knew it) may have been
-        # billed: its ledger row stays open, to be settled as a stray, and the job is never
-        # failed for it, which would make --retry-failed pay again.
-        accepted_once = drive.record.status is JobStatus.PROCESSING
-        refused = (
-            [] if accepted_once else [TaskEntry(task_uuid, TaskStatus.REFUSED, billed_cost=0.0)]
-        )
-        stale = classify.is_stale_input(exc) and not refreshed
-        if exc.stops_run or stale:
+        refused = self._refusal(drive, task_uuid)
+        if classify.is_stale_input(exc) and not refreshed:
             for entry in refused:
                 ctx.state.settle_task(job.id, entry)
-            if exc.stops_run:
-                raise exc
             log.warning("job %s: %s; uploading the inputs again", job.id, exc)
             return Step.REUPLOAD
-        if accepted_once:
+        if _accepted_once(drive):
+            # Never failed for it either, which would make --retry-failed pay again.
             log.warning(
                 "job %s: task %s, which the API accepted once, was refused when sent again "
                 "(%s); left as it is for the next run, never paid again",
@@ -283,7 +292,8 @@ class Stages:
             # place must not leave a file the next run takes for someone else's.
             files=[OwnedFile(f"{VIDEOS}/{name}", job.id) for name in job.outputs],
             actual_cost=float(cost),
-            results=[_result_dict(r) for r in state.results],
+            # As stored: every field by its Python name; the task UUID is the job's own.
+            results=[r.model_dump(exclude={"task_uuid"}) for r in state.results],
             error_code=state.errors[0].code if state.errors else None,
             error_message=str(state.errors[0]) if state.errors else None,
         )
@@ -321,11 +331,6 @@ def _unknown_task(task_uuid: str, state: TaskState) -> ApiError:
     )
 
 
-def _result_dict(result: VideoResult) -> dict[str, object]:
-    return {
-        "video_uuid": result.video_uuid,
-        "video_url": result.video_url,
-        "seed": result.seed,
-        "nsfw": result.nsfw,
-        "cost": result.cost,
-    }
+def _accepted_once(drive: Drive) -> bool:
+    """Whether the task being sent is one the API accepted before (and may have billed)."""
+    return drive.record.status is JobStatus.PROCESSING

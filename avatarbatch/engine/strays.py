@@ -14,6 +14,7 @@ from decimal import Decimal
 from avatarbatch.engine.budget import billed_cost
 from avatarbatch.engine.context import RunContext
 from avatarbatch.errors import ApiError
+from avatarbatch.report.data import money
 from avatarbatch.state.store import StrayTask, TaskEntry, TaskStatus
 
 log = logging.getLogger("avatarbatch.run")
@@ -48,4 +49,4 @@ async def settle_stray(ctx: RunContext, task: StrayTask) -> None:
     status = TaskStatus.BILLED if state.results else TaskStatus.UNBILLED
     entry = TaskEntry(uuid, status, billed_cost=float(cost), cost_source=source)
     ctx.state.settle_task(task.job_id, entry)
-    log.info("earlier task %s of %s ended: $%.5f booked", uuid, task.job_id, cost)
+    log.info("earlier task %s of %s ended: %s booked", uuid, task.job_id, money(cost))

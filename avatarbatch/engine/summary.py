@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from typing import Any
 
-from avatarbatch.engine.budget import estimated_total
-from avatarbatch.engine.outcome import FINISHED, Outcome
+from avatarbatch.engine.outcome import Outcome
 from avatarbatch.engine.place import Place
 from avatarbatch.errors import ExitCode
 from avatarbatch.manifest.problems import plural
-from avatarbatch.plan import PlannedJob, PlanStatus
-from avatarbatch.report.data import money
+from avatarbatch.plan import MONEY_PLACES, PlannedJob, PlanStatus
+from avatarbatch.report.data import FINISHED, money
 from avatarbatch.state.store import JobOverview, JobStatus
 
 #: how each exit code is recorded as the outcome of a run in the state file
@@ -55,9 +55,10 @@ def summarize(
     outcome: Outcome,
     where: Place,
     spend: tuple[float, float],
+    estimated: Decimal,
 ) -> RunSummary:
     """The run's outcome over the jobs it was given; `spend` is the ledger's (lifetime, this
-    run's) billed cost."""
+    run's) billed cost, `estimated` the plan's estimate of `chosen`."""
     ids = [p.job.id for p in chosen]
     done = sum(1 for i in ids if records[i].status is JobStatus.DONE)
     failed = sum(1 for i in ids if records[i].status is JobStatus.FAILED)
@@ -92,9 +93,9 @@ def summarize(
         submitted=len(outcome.submitted_jobs),
         tasks_sent=outcome.tasks_sent,
         skipped=skipped,
-        cost_actual=round(spend[0], 5),
-        cost_this_run=round(spend[1], 5),
-        cost_estimated=float(estimated_total(chosen)),
+        cost_actual=round(spend[0], MONEY_PLACES),
+        cost_this_run=round(spend[1], MONEY_PLACES),
+        cost_estimated=float(estimated),
         exit_code=code,
         message=message,
         output_dir=str(where.out.absolute()),

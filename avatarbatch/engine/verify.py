@@ -26,9 +26,13 @@ from typing import BinaryIO
 
 import imageio_ffmpeg
 
-__all__ = ["FFMPEG_TIMEOUT", "VideoCheckError", "VideoFacts", "verify_video"]
+__all__ = ["DURATION_TOLERANCE", "FFMPEG_TIMEOUT", "VideoCheckError", "VideoFacts", "verify_video"]
 
 FFMPEG_TIMEOUT = 60.0  #: seconds ffmpeg may take to read a file's headers
+#: Seconds a video's duration may differ from its audio's. A good render is off by a frame or
+#: a padded audio packet (tens of ms); a video cut short or made for other audio by far more.
+#: Half a second tells them apart with room to spare.
+DURATION_TOLERANCE = 0.5
 # ffmpeg's demuxer names, as `Input #0, <names>, from` shows them.
 ISO_DEMUXER = "mov,mp4,m4a,3gp,3g2,mj2"
 MATROSKA_DEMUXER = "matroska,webm"
@@ -62,7 +66,11 @@ class VideoFacts:
 
 
 def verify_video(
-    path: Path, *, output_format: str, expected_seconds: float | None, tolerance: float = 0.5
+    path: Path,
+    *,
+    output_format: str,
+    expected_seconds: float | None,
+    tolerance: float = DURATION_TOLERANCE,
 ) -> VideoFacts:
     """Check that `path` is a complete `output_format` video lasting `expected_seconds`.
 

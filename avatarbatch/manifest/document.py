@@ -18,7 +18,7 @@ from typing import Any
 
 from avatarbatch.errors import ManifestError
 from avatarbatch.manifest import paths
-from avatarbatch.manifest.fields import suggestion
+from avatarbatch.manifest.fields import VARS_PREFIX, suggestion
 from avatarbatch.manifest.job import Job, Manifest
 from avatarbatch.manifest.problems import Origin, Problems, shorten
 from avatarbatch.manifest.resolve import Resolver
@@ -246,4 +246,6 @@ class _Document:
 
 
 def _declared_vars(defaults: RawRow) -> list[str]:
-    return [name[5:] for name in defaults.values if name.startswith("vars.")]
+    return [
+        name.removeprefix(VARS_PREFIX) for name in defaults.values if name.startswith(VARS_PREFIX)
+    ]

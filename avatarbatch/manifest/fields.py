@@ -51,6 +51,7 @@ ALIASES = {
     "safety.checkContent": "safety.check_content",
 }
 KNOWN_NAMES = (*SCALAR_FIELDS, *SAFETY_FIELDS, "safety", "vars", *ALIASES)
+VARS_PREFIX = "vars."  #: how a var's flat name starts: `vars.lang` is the var `lang`
 
 
 def canonical_name(name: str) -> str | None:
@@ -63,7 +64,7 @@ def canonical_name(name: str) -> str | None:
         return name
     if name in ALIASES:
         return ALIASES[name]
-    if name.startswith("vars.") and len(name) > len("vars."):
+    if name.startswith(VARS_PREFIX) and len(name) > len(VARS_PREFIX):
         return name
     return None
 

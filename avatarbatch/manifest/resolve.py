@@ -16,6 +16,7 @@ from avatarbatch.manifest.fields import (
     MAX_ID_LENGTH,
     SCALAR_FIELDS,
     TEMPLATED_FIELDS,
+    VARS_PREFIX,
     JobFields,
     describe_error,
     is_valid_id,
@@ -92,9 +93,9 @@ class Resolver:
         known_id: str | None = None
         values = dict(raw.values)
         job_vars = {
-            name[5:]: as_text(value)
+            name.removeprefix(VARS_PREFIX): as_text(value)
             for name, value in values.items()
-            if name.startswith("vars.") and value is not None
+            if name.startswith(VARS_PREFIX) and value is not None
         }
         context: dict[str, object] = {**job_vars, **raw.axes, "index": index}
         ok = True

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from avatarbatch.manifest.fields import (
     RESERVED_VAR_NAMES,
     VAR_NAME_PATTERN,
+    VARS_PREFIX,
     canonical_name,
     suggestion,
 )
@@ -62,10 +63,12 @@ class _RowBuilder:
                 origin, f"unknown field {written!r}{suggestion(written)}", job=self.label
             )
             return
-        if name.startswith("vars.") and not _valid_var_name(name[5:]):
+        if name.startswith(VARS_PREFIX) and not _valid_var_name(
+            var := name.removeprefix(VARS_PREFIX)
+        ):
             self.problems.error(
                 origin,
-                f"var name {name[5:]!r} must be a letter or _ followed by letters, digits or _, "
+                f"var name {var!r} must be a letter or _ followed by letters, digits or _, "
                 f"and not one of {', '.join(sorted(RESERVED_VAR_NAMES))}",
                 job=self.label,
             )
@@ -140,16 +143,18 @@ def csv_columns(
     declared = set(var_columns)
     columns: dict[str, str] = {}
     for column in header:
-        name = f"vars.{column}" if column in declared else canonical_name(column)
+        name = f"{VARS_PREFIX}{column}" if column in declared else canonical_name(column)
         if name is None:
             problems.error(
                 Origin(path, line),
                 f"unknown column {column!r}{suggestion(column)}; "
-                f"name extra columns vars.{column} to carry them into the reports",
+                f"name extra columns {VARS_PREFIX}{column} to carry them into the reports",
             )
-        elif name.startswith("vars.") and not _valid_var_name(name[5:]):
+        elif name.startswith(VARS_PREFIX) and not _valid_var_name(
+            var := name.removeprefix(VARS_PREFIX)
+        ):
             problems.error(
-                Origin(path, line), f"column {column!r}: {name[5:]!r} is not a valid var name"
+                Origin(path, line), f"column {column!r}: {var!r} is not a valid var name"
             )
         elif name in columns.values():
             first = next(written for written, known in columns.items() if known == name)
@@ -193,7 +198,7 @@ def expand_matrix(
             lines = axis_lines.get(name)
             if lines and position < len(lines):
                 row.origins[name] = Origin(block.origin.file, lines[position])
-            if not name.startswith("vars.") and value is not None:
+            if not name.startswith(VARS_PREFIX) and value is not None:
                 row.axes[name] = str(value)
         rows.append(row)
     return rows

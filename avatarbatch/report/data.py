@@ -10,33 +10,42 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path, PurePath
 from typing import Any, Protocol
 
 from avatarbatch import catalog
 from avatarbatch.manifest.document import Job
-from avatarbatch.plan import MONEY_PLACES, PlanStatus, Totals
+from avatarbatch.money import money as money  # re-exported: its old home
+from avatarbatch.plan import PlanStatus, Totals
 from avatarbatch.state.store import JobMoney, JobOverview, JobStatus, StateStore
 
 MISMATCH_RATIO = 0.10  #: an actual cost this far from its estimate is pointed out
 DELIVERED = "delivered to "  #: how a video the API put at the task's uploadEndpoint is listed
-REMOVED = "removed"  #: the status shown for a job id the manifest no longer has, but paid for
-#: the status shown for a job the state file has no record of yet
-NOT_STARTED = PlanStatus.NEW.value
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  #: `generated_at`, in UTC
 #: Statuses a job ends in; any other is work still to do.
 FINISHED = (JobStatus.DONE, JobStatus.FAILED)
 
 
-def money(value: Decimal | float | None, *, unknown: str = "?") -> str:
-    """A cost as printed everywhere (plan, status, run summary, progress, reports): `$1,234.56789`.
+class ReportStatus(StrEnum):
+    """A report row's status: its job's JobStatus, or one that only reports show."""
 
-    `unknown` stands in for a cost nobody knows (remote audio of unmeasured length).
-    """
-    if value is None:
-        return unknown
-    return f"${Decimal(str(value)):,.{MONEY_PLACES}f}"
+    PENDING = JobStatus.PENDING.value
+    UPLOADING = JobStatus.UPLOADING.value
+    SUBMITTING = JobStatus.SUBMITTING.value
+    PROCESSING = JobStatus.PROCESSING.value
+    DOWNLOADING = JobStatus.DOWNLOADING.value
+    DONE = JobStatus.DONE.value
+    FAILED = JobStatus.FAILED.value
+    NEW = PlanStatus.NEW.value  #: a job the state file has no record of yet
+    REMOVED = "removed"  #: a job id the manifest no longer has, but paid for
+
+
+#: A row's status, by its job's status in the state file (a JobStatus missing from
+#: ReportStatus fails right here, on import).
+REPORTED = {status: ReportStatus(status.value) for status in JobStatus}
+REMOVED = ReportStatus.REMOVED
+NOT_STARTED = ReportStatus.NEW
 
 
 @dataclass(frozen=True)
@@ -47,8 +56,7 @@ class JobReport:
     vars: dict[str, str]
     model: str  #: full model id
     model_alias: str  #: standard or pro
-    #: a JobStatus value; NOT_STARTED before the state file has the job; REMOVED
-    status: str
+    status: ReportStatus
     audio_seconds: float | None = None
     results: int = 0
     estimated_cost: float | None = None
@@ -174,7 +182,7 @@ class ReportData:
                     row.add_to(by_value.setdefault(row.vars[name], Totals()))
 
     def failed(self) -> list[JobReport]:
-        return [job for job in self.jobs if job.status == JobStatus.FAILED]
+        return [job for job in self.jobs if job.status == ReportStatus.FAILED]
 
     def head(self) -> dict[str, Any]:
         """Everything but the jobs, which report.json writes one per line."""
@@ -247,7 +255,7 @@ def job_report(
         vars=job.vars,
         model=job.model,
         model_alias=model.alias,
-        status=record.status.value,
+        status=REPORTED[record.status],
         audio_seconds=record.audio_seconds,
         results=record.results,
         estimated_cost=estimate,

@@ -17,19 +17,20 @@ from typing import Any
 from avatarbatch.jsonlines import json_with_item_lines
 from avatarbatch.manifest.document import Manifest
 from avatarbatch.manifest.problems import plural
-from avatarbatch.plan import MONEY_PLACES, SECONDS_PLACES, Totals
+from avatarbatch.money import MONEY_PLACES, money
+from avatarbatch.plan import SECONDS_PLACES, Totals
 from avatarbatch.report.data import (
     DELIVERED,
     MISMATCH_RATIO,
     REMOVED,
     JobReport,
     ReportData,
+    ReportStatus,
     build_report,
-    money,
 )
 from avatarbatch.report.failures import failures_manifest
 from avatarbatch.report.gallery import PAGES_DIR, gallery_pages, page_paths
-from avatarbatch.state.store import JobOverview, JobStatus, OwnedFile, StateStore
+from avatarbatch.state.store import JobOverview, OwnedFile, StateStore
 
 log = logging.getLogger("avatarbatch.report")
 
@@ -75,7 +76,7 @@ def write_reports(
     failed = [
         job
         for job, row in zip(manifest.jobs, data.jobs, strict=True)
-        if row.status == JobStatus.FAILED
+        if row.status == ReportStatus.FAILED
     ]
     if failed:  # the condition report_files() and the Markdown's file list rely on
         written.append(
@@ -94,7 +95,7 @@ def report_files(data: ReportData, *, failed: bool | None = None) -> list[str]:
     """
     names = ["cost_report.csv", "report.json", "report.md", *page_paths(len(data.jobs))]
     if failed is None:
-        failed = any(job.status == JobStatus.FAILED for job in data.jobs)
+        failed = any(job.status == ReportStatus.FAILED for job in data.jobs)
     return [*names, "failures.yaml"] if failed else names
 
 

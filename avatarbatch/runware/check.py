@@ -33,6 +33,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from avatarbatch.errors import AuthError, AvatarBatchError, CreditError, TransientError, UsageError
 from avatarbatch.redact import scrub
 from avatarbatch.runware import classify
+from avatarbatch.runware.connection import USER_AGENT, ClientSettings
 from avatarbatch.runware.findings import (
     CheckResult,
     UnknownTaskWord,
@@ -43,7 +44,6 @@ from avatarbatch.runware.findings import (
     stored_url,
     summary_lines,
 )
-from avatarbatch.runware.settings import USER_AGENT, ClientSettings
 from avatarbatch.runware.transport import WaitRetryAfter, make_http_client, read_capped
 
 # What the check learnt lives in findings.py; the CLI reaches all of it through this module.

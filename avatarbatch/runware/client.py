@@ -20,6 +20,12 @@ from typing import Any
 import httpx
 
 from avatarbatch.errors import ApiError, ConflictError, RejectedError
+from avatarbatch.runware.connection import (
+    DEFAULT_API_URL,
+    USER_AGENT,
+    ClientSettings,
+    header_value_problem,
+)
 from avatarbatch.runware.download import Download, download
 from avatarbatch.runware.protocol import (
     TaskState,
@@ -32,12 +38,6 @@ from avatarbatch.runware.protocol import (
     upload_of,
 )
 from avatarbatch.runware.redirects import MAX_API_REDIRECTS, REDIRECT_REFUSED, refuses_request
-from avatarbatch.runware.settings import (
-    DEFAULT_API_URL,
-    USER_AGENT,
-    ClientSettings,
-    header_value_problem,
-)
 from avatarbatch.runware.transport import (
     MAX_RESPONSE_BYTES,
     ApiTransport,

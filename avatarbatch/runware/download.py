@@ -20,8 +20,8 @@ import httpx
 
 from avatarbatch.errors import RejectedError, TransientError
 from avatarbatch.runware import classify
+from avatarbatch.runware.connection import ClientSettings
 from avatarbatch.runware.redirects import followed
-from avatarbatch.runware.settings import ClientSettings
 from avatarbatch.runware.transport import retrying
 
 #: Bytes read from the network and written to disk at a time. Larger chunks made peak memory

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 import httpx
 
 from avatarbatch.errors import ApiError, RejectedError
+from avatarbatch.runware.connection import USER_AGENT
 from avatarbatch.runware.protocol import clip
-from avatarbatch.runware.settings import USER_AGENT
 
 WEB_SCHEMES = ("http", "https")
 #: Redirects of an API POST that keep its method and body (RFC 9110 15.4.8-9); 301, 302 and

@@ -21,6 +21,7 @@ from tenacity.wait import wait_base
 
 from avatarbatch.errors import ApiError, TransientError
 from avatarbatch.runware import classify
+from avatarbatch.runware.connection import USER_AGENT, ClientSettings
 from avatarbatch.runware.protocol import Answer, envelope, is_success, json_body
 from avatarbatch.runware.redirects import (
     MAX_API_REDIRECTS,
@@ -28,7 +29,6 @@ from avatarbatch.runware.redirects import (
     place,
     too_many_api_redirects,
 )
-from avatarbatch.runware.settings import USER_AGENT, ClientSettings
 
 log = logging.getLogger("avatarbatch.runware")
 

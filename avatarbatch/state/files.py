@@ -31,15 +31,6 @@ class FilesStore(StateDatabase):
             [(f.path, f.job_id or job_id, f.bytes, f.sha256, f.mtime_ns, now) for f in files],
         )
 
-    def owned_files(self) -> dict[str, OwnedFile]:
-        """Every file avatarbatch recorded writing, by path relative to the output folder."""
-        return {
-            row[0]: OwnedFile(*row)
-            for row in self._db.execute(
-                "SELECT path, job_id, bytes, sha256, mtime_ns FROM files ORDER BY rowid"
-            )
-        }
-
     def recorded_outputs(self) -> list[RecordedOutput]:
         """Every video every job's record names, flattened by SQLite's JSON functions: for a
         100,000-job batch far cheaper than decoding each job's outputs in Python."""

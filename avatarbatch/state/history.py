@@ -12,10 +12,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from avatarbatch.money import money
 from avatarbatch.state.records import JobStatus, TaskStatus
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  #: UTC, as the reports stamp their time
-MONEY_PLACES = 5  #: the provider bills in fractions of a cent
 
 Step = dict[str, Any]
 _S = JobStatus
@@ -127,14 +127,14 @@ def _result(came: str, detail: Mapping[str, Any], tasks: list[dict[str, Any]], m
         return {"what": "downloading again", **move}
     billed = next((t for t in tasks if t.get("status") == TaskStatus.BILLED), None)
     cost = billed.get("billed_cost") if billed else detail.get("actual_cost")
-    money = _billed(cost, billed or {})
+    paid = _billed(cost, billed or {})
     error = detail.get("error_message")
     outcome = f"partial, {detail.get('error_code')}: {error}" if error else "success"
     results = detail.get("results")
     count = (
         f", {len(results)} video{'s' * (len(results) != 1)}" if isinstance(results, list) else ""
     )
-    step: Step = {"what": f"result: {outcome}{count}, {money}", **move}
+    step: Step = {"what": f"result: {outcome}{count}, {paid}", **move}
     if billed:
         step |= _task_detail(billed)
     elif cost is not None:
@@ -167,7 +167,7 @@ def _billed(cost: Any, entry: Mapping[str, Any]) -> str:
         return "cost unknown"
     source = entry.get("cost_source")
     note = " (our estimate: the API gave no usable cost)" if source == "estimate" else ""
-    return f"${float(cost):.{MONEY_PLACES}f} billed{note}"
+    return f"{money(float(cost))} billed{note}"
 
 
 def _task_detail(entry: Mapping[str, Any]) -> Step:

@@ -38,7 +38,7 @@ def state_lock(state_path: Path) -> Iterator[None]:
     """Hold the state file's lock for the duration of the block, or raise StateLocked.
 
     The lock belongs to the real file: a symlink or a second path to the same state file
-    finds the same lock, where it used to get one of its own and two runs paid twice.
+    finds the same lock; a lock of its own would let two runs pay twice.
     """
     state_path = Path(state_path).resolve()
     path = lock_path(state_path)

@@ -35,6 +35,8 @@ def m001_initial(db: Database) -> None:
         id INTEGER PRIMARY KEY, started_at REAL NOT NULL, finished_at REAL,
         manifest TEXT NOT NULL, manifest_sha256 TEXT NOT NULL, arguments TEXT NOT NULL,
         outcome TEXT, exit_code INTEGER, summary TEXT)""")
+    # `vars` stays in the schema, unwritten and unread: older files have it, and dropping it
+    # would take a migration that rebuilds the table for nothing.
     db.execute("""CREATE TABLE jobs (
         id TEXT PRIMARY KEY, spec_hash TEXT NOT NULL, status TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0, task_uuid TEXT,

@@ -1,30 +1,25 @@
 """What the state file holds, as Python values: job and task statuses, the legal moves between
-job statuses, and the records the state layer reads and writes. No SQL here."""
+job statuses, and the records the state layer reads and writes. No SQL here.
+
+`JobStatus` itself lives in `avatarbatch.statuses`, below the plan, which needs it too; it is
+importable from here and from `state.store` as ever.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from avatarbatch.errors import AvatarBatchError
+from avatarbatch.statuses import JobStatus as JobStatus  # re-exported: its old home
 
 
 class StateError(AvatarBatchError):
     """The state file cannot be used, or a job was asked to make an illegal move."""
 
     exit_code = 2
-
-
-class JobStatus(StrEnum):
-    PENDING = "pending"  #: known, nothing under way (new, changed, or reset for a retry)
-    UPLOADING = "uploading"  #: local inputs are being uploaded (free, cached by content hash)
-    SUBMITTING = "submitting"  #: task UUID committed; the paid POST may or may not have landed
-    PROCESSING = "processing"  #: Runware has the task; poll its task UUID
-    DOWNLOADING = "downloading"  #: results and costs known; the files are being fetched
-    DONE = "done"  #: every result downloaded and verified
-    FAILED = "failed"  #: given up; error_code and error_message say why
 
 
 _S = JobStatus
@@ -172,10 +167,8 @@ class JobRecord:
 
 @dataclass(frozen=True, slots=True)
 class JobOverview:
-    """What summaries and reports need of a job: no results or events decoded.
-
-    100,000 full JobRecords took 1.7 s and 260 MB to decode; this takes a fraction of both.
-    """
+    """What summaries and reports need of a job: no results or events decoded, which for a big
+    batch takes a fraction of the time and memory of its full JobRecords."""
 
     status: JobStatus
     attempts: int
@@ -203,6 +196,3 @@ class JobSpec:
     number_results: int
     audio_seconds: float | None
     estimated_cost: float | None
-    #: Not stored: reports and selections read a job's vars from the manifest, which holds
-    #: them for every job it names.
-    vars: dict[str, str] = field(default_factory=dict)

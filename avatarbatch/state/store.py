@@ -199,7 +199,7 @@ class StateStore(LedgerStore, FilesStore):
 
         with self._readable():
             rows = self._db.execute("SELECT id, spec_hash, status FROM jobs ORDER BY rowid")
-            return {job_id: StoredJob(spec, status) for job_id, spec, status in rows}
+            return {job_id: StoredJob(spec, JobStatus(status)) for job_id, spec, status in rows}
 
     def counts(self) -> dict[str, int]:
         """Jobs per status, every status present (zeros included)."""
@@ -207,27 +207,6 @@ class StateStore(LedgerStore, FilesStore):
         for status, count in self._db.execute("SELECT status, count(*) FROM jobs GROUP BY 1"):
             counts[status] = count
         return counts
-
-    def ensure_job(
-        self,
-        job_id: str,
-        *,
-        spec_hash: str,
-        model: str,
-        number_results: int,
-        audio_seconds: float | None,
-        estimated_cost: float | None,
-        vars: dict[str, str] | None = None,
-    ) -> JobRecord:
-        """`ensure_jobs` for one job, returning its record: for tests and tools that build a
-        state file by hand (a run registers its whole plan at once)."""
-        spec = JobSpec(
-            job_id, spec_hash, model, number_results, audio_seconds, estimated_cost, vars or {}
-        )
-        self.ensure_jobs([spec])
-        record = self.get(job_id)
-        assert record is not None
-        return record
 
     def ensure_jobs(self, specs: Iterable[JobSpec]) -> dict[str, JobStatus]:
         """Bring many jobs in line with the manifest in one transaction; returns their statuses.
@@ -269,7 +248,7 @@ class StateStore(LedgerStore, FilesStore):
             db.conn.executemany(
                 "INSERT INTO events (at, job_id, kind, detail) VALUES (?, ?, ?, ?)", events
             )
-        # Statuses, not records: decoding 100,000 records again took longer than the rest.
+        # Statuses, not records: decoding every record again would cost more than all the rest.
         return {spec.id: JobStatus(stored[spec.id][1]) for spec in specs}
 
     def transition(
