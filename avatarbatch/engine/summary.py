@@ -11,7 +11,7 @@ from avatarbatch.engine.place import Place
 from avatarbatch.errors import ExitCode
 from avatarbatch.manifest.problems import plural
 from avatarbatch.plan import MONEY_PLACES, PlannedJob, PlanStatus
-from avatarbatch.report.data import FINISHED, money
+from avatarbatch.report.data import FINISHED, money, tally_by_status
 from avatarbatch.state.store import JobOverview, JobStatus
 
 #: how each exit code is recorded as the outcome of a run in the state file
@@ -60,12 +60,12 @@ def summarize(
     """The run's outcome over the jobs it was given; `spend` is the ledger's (lifetime, this
     run's) billed cost, `estimated` the plan's estimate of `chosen`."""
     ids = [p.job.id for p in chosen]
-    done = sum(1 for i in ids if records[i].status is JobStatus.DONE)
-    failed = sum(1 for i in ids if records[i].status is JobStatus.FAILED)
+    tally = tally_by_status(records[i] for i in ids)
+    done, failed = tally.count(JobStatus.DONE), tally.count(JobStatus.FAILED)
     pending = len(ids) - done - failed
     skipped = sum(1 for p in chosen if p.status is PlanStatus.DONE)
-    remaining = [records[i] for i in ids if records[i].status not in FINISHED]
-    remaining_cost = sum((r.estimated_cost or 0.0) for r in remaining)
+    remaining = tally.totals(s for s in JobStatus if s not in FINISHED)
+    remaining_cost = remaining.estimated_cost
     if outcome.fatal is not None:
         code, message = ExitCode.AUTH, f"stopped: {outcome.fatal}"
     elif outcome.local_error is not None:  # before `interrupted`: stopping cancels the drivers
@@ -76,7 +76,7 @@ def summarize(
     elif outcome.budget_stopped:
         code = ExitCode.BUDGET
         message = (
-            f"budget reached: {plural(len(remaining), 'job')} remain, estimated "
+            f"budget reached: {plural(remaining.jobs, 'job')} remain, estimated "
             f"{money(remaining_cost)}; "
             "raise --max-cost and run again to continue"
         )
