@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from avatarbatch.sandbox.tasks import Task
+
+if TYPE_CHECKING:
+    from avatarbatch.sandbox.engine import Engine
 
 
 def ledger(tasks: Mapping[str, Task], conflicts: int) -> dict[str, Any]:
@@ -45,3 +48,26 @@ def videos(tasks: Mapping[str, Task]) -> dict[str, dict[str, Any]]:
                     "sha256": hashlib.sha256(data).hexdigest(),
                 }
     return served
+
+
+#: Request kinds /sandbox/stats counts; the middle ones also count the POSTs that held them.
+STATS_KEYS = (
+    "http_posts",
+    "videoInference",
+    "getResponse",
+    "mediaStorage",
+    "imageUpload",
+    "downloads",
+)
+
+
+def stats(engine: Engine) -> dict[str, Any]:
+    """Requests by kind, POSTs by task type, tasks in flight, faults, webhooks."""
+    return {
+        "requests": {key: engine.requests[key] for key in STATS_KEYS},
+        "posts_with": {key: engine.posts_with[key] for key in STATS_KEYS[1:-1]},
+        "peak_in_flight": engine.peak_in_flight,
+        "in_flight": engine.in_flight,
+        "faults": dict(engine.faults.injected),
+        "webhooks": engine.notifier.counts(),
+    }

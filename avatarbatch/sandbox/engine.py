@@ -26,7 +26,6 @@ import uuid as uuidlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from avatarbatch.sandbox import accounts, items, persist, restore, store
 from avatarbatch.sandbox.config import SandboxConfig
@@ -152,7 +151,7 @@ class Engine:
             return
         for task in self.tasks.values():
             if task.restored:
-                task.base_url = _with_port(task.base_url, port)
+                task.base_url = restore.with_port(task.base_url, port)
         self.state.set_meta("port", str(port))
 
     async def store_upload(self, data: bytes, mime: str, task_uuid: str) -> store.StoredMedia:
@@ -368,28 +367,4 @@ class Engine:
         return accounts.videos(self.tasks)
 
     def stats(self) -> dict[str, Any]:
-        keys = (
-            "http_posts",
-            "videoInference",
-            "getResponse",
-            "mediaStorage",
-            "imageUpload",
-            "downloads",
-        )
-        return {
-            "requests": {key: self.requests[key] for key in keys},
-            "posts_with": {key: self.posts_with[key] for key in keys[1:-1]},
-            "peak_in_flight": self.peak_in_flight,
-            "in_flight": self.in_flight,
-            "faults": dict(self.faults.injected),
-            "webhooks": self.notifier.counts(),
-        }
-
-
-def _with_port(url: str, port: int) -> str:
-    """`url` with its port replaced (scheme, host and path kept)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    return parts._replace(netloc=f"{host}:{port}").geturl()
+        return accounts.stats(self)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from avatarbatch.sandbox import persist, store
 from avatarbatch.sandbox.tasks import Result, Task
@@ -64,3 +65,12 @@ def _result(task: Task, saved: persist.SavedResult, storage: Path) -> Result:
         if not task.finished and not result.path.is_file():
             result.status, result.path, result.cost = "processing", None, Decimal(0)
     return result
+
+
+def with_port(url: str, port: int) -> str:
+    """`url` with its port replaced (scheme, host and path kept)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return parts._replace(netloc=f"{host}:{port}").geturl()
