@@ -30,7 +30,7 @@ from avatarbatch.manifest.media import MediaInfo
 from avatarbatch.plan import PlannedJob
 from avatarbatch.report.data import FINISHED
 from avatarbatch.runware.client import RunwareClient
-from avatarbatch.state.store import JobStatus, StateStore
+from avatarbatch.state.store import JobStatus, StateStore, StrayTask
 
 log = logging.getLogger("avatarbatch.run")
 
@@ -108,7 +108,7 @@ class Runner:
             queue.put_nowait(work)
         drivers = min(len(todo), max(MIN_DRIVERS, ctx.settings.concurrency * DRIVERS_PER_SLOT))
         # Strays first: like adopted tasks, they hold render slots at the provider already.
-        ctx.drivers = [asyncio.create_task(settle_stray(ctx, task)) for task in strays]
+        ctx.drivers = [asyncio.create_task(self._settle(task)) for task in strays]
         ctx.drivers += [asyncio.create_task(self._worker(queue)) for _ in range(drivers)]
         try:
             await asyncio.gather(*ctx.drivers)
@@ -136,9 +136,7 @@ class Runner:
             try:
                 await self._drive(work)
             except ApiError as exc:
-                if exc.stops_run:
-                    ctx.outcome.fatal = exc
-                    ctx.stop(f"{exc} (no further jobs are started; rerun when it is fixed)")
+                if self._stopped_by(exc):
                     return
                 # Retries ran out where no stage decides (an upload, a poll the API refused,
                 # the check of an earlier submission): the job stays where the state file
@@ -146,6 +144,21 @@ class Runner:
                 status = ctx.record(work.job.id).status
                 ctx.outcome.left_by = str(exc)
                 log.warning("job %s: %s; left %s for the next run", work.job.id, exc, status)
+
+    async def _settle(self, task: StrayTask) -> None:
+        try:
+            await settle_stray(self.ctx, task)
+        except ApiError as exc:
+            if not self._stopped_by(exc):
+                raise
+
+    def _stopped_by(self, exc: ApiError) -> bool:
+        """The one place that decides whether an API error ends the whole run."""
+        if not exc.stops_run:
+            return False
+        self.ctx.outcome.fatal = exc
+        self.ctx.stop(f"{exc} (no further jobs are started; rerun when it is fixed)")
+        return True
 
     async def _drive(self, work: JobWork) -> None:
         """Run a job's stages one after another, holding a --concurrency slot while it is at

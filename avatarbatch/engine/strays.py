@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from avatarbatch.engine.budget import billed_cost
 from avatarbatch.engine.context import RunContext
-from avatarbatch.errors import ApiError
+from avatarbatch.errors import ConflictError, RejectedError, TransientError
 from avatarbatch.report.data import money
 from avatarbatch.state.store import StrayTask, TaskEntry, TaskStatus
 
@@ -31,10 +31,10 @@ async def settle_stray(ctx: RunContext, task: StrayTask) -> None:
     landed = task.status is not TaskStatus.SUBMITTING
     async with ctx.in_flight if landed else contextlib.nullcontext():
         waiting = ctx.poller.watch(uuid, task.number_results, task.audio_seconds)
-        try:
+        try:  # an error that stops the run is the runner's to judge, as for any job
             async with asyncio.timeout(ctx.settings.job_timeout):
                 state = await waiting
-        except (TimeoutError, ApiError) as exc:
+        except (TimeoutError, TransientError, RejectedError, ConflictError) as exc:
             ctx.poller.forget(uuid)
             log.warning(
                 "earlier task %s of %s: %s; the next run asks again", uuid, task.job_id, exc
