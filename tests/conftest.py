@@ -232,3 +232,11 @@ async def wait_finished(
             if state.finished(results):
                 return state
             await asyncio.sleep(0.02)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked slow first: under pytest-xdist the tests started last set the end of a run.
+
+    A stable sort, so everything else keeps its order (and its module-scoped fixtures).
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

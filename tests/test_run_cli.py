@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from avatarbatch.cli.commands import app
@@ -81,9 +82,13 @@ def test_status_without_a_state_file_is_a_usage_error(demo_copy: Path) -> None:
 def interrupted_then_resumed(
     demo_copy: Path, tmp_path: Path, interrupt: Callable[[subprocess.Popen[str]], None]
 ) -> None:
-    """Start a real `run`, interrupt it once a job is at the provider, then run it again."""
+    """Start a real `run`, interrupt it once a job is at the provider, then run it again.
+
+    Four of the seven jobs in flight at once: the interrupt finds tasks at the provider and
+    jobs not submitted yet, and the resumed run needs two rounds of renders, not four.
+    """
     out = tmp_path / "o"
-    slow = SandboxConfig(latency=0, fixed_latency=1.0, render="stub", workers=2)
+    slow = SandboxConfig(latency=0, fixed_latency=1.0, render="stub", workers=4)
     with running_sandbox(slow) as sandbox:
         env = {**os.environ, "RUNWARE_API_KEY": "k", "RUNWARE_API_URL": sandbox.api_url}
         command = [
@@ -95,7 +100,7 @@ def interrupted_then_resumed(
             "--out",
             str(out),
             "--concurrency",
-            "2",
+            "4",
         ]
         process = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -108,6 +113,7 @@ def interrupted_then_resumed(
     assert ledger["submissions"] == 7 and all(t["results"] == 1 for t in ledger["tasks"])
 
 
+@pytest.mark.slow
 def test_sigint_stops_with_130_and_the_next_run_finishes(demo_copy: Path, tmp_path: Path) -> None:
     """A real process, a real signal: the graceful stop, then a resume that pays once per job."""
 
@@ -120,6 +126,7 @@ def test_sigint_stops_with_130_and_the_next_run_finishes(demo_copy: Path, tmp_pa
     interrupted_then_resumed(demo_copy, tmp_path, sigint)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_loses_nothing(demo_copy: Path, tmp_path: Path) -> None:
     def sigkill(process: subprocess.Popen[str]) -> None:
         process.kill()

@@ -22,11 +22,12 @@ from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.faults import FaultSpec
 from avatarbatch.sandbox.render import probe_video
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
-from conftest import DEMO, SDK_LEAKS_IGNORED, TEST_KEY, new_uuid, wait_finished
+from conftest import DEMO, SDK_LEAKS_IGNORED, TEST_KEY, new_uuid, wait_finished, wav_bytes
 
 PORTRAIT = (DEMO / "media/presenter.png").read_bytes()
 VOICE = (DEMO / "media/voices/en.mp3").read_bytes()
 VOICE_SECONDS = 5.486
+SHORT_SECONDS = 2.0
 
 
 class Receiver:
@@ -84,9 +85,11 @@ def client_for(sandbox: RunningSandbox, http: httpx.AsyncClient, **settings: Any
     return RunwareClient(http, ClientSettings(**values))
 
 
-async def submit_demo(client: RunwareClient, **fields: Any) -> str:
+async def submit_demo(
+    client: RunwareClient, voice: tuple[bytes, str] = (VOICE, "audio/mpeg"), **fields: Any
+) -> str:
     image = await client.upload_image(PORTRAIT, "image/png", new_uuid())
-    audio = await client.upload_media(VOICE, "audio/mpeg", new_uuid())
+    audio = await client.upload_media(*voice, new_uuid())
     task = {
         "taskType": "videoInference",
         "taskUUID": new_uuid(),
@@ -100,25 +103,27 @@ async def submit_demo(client: RunwareClient, **fields: Any) -> str:
     return str(task["taskUUID"])
 
 
+@pytest.mark.slow
 async def test_renders_mp4_webm_and_mov_with_the_audio_duration(tmp_path: Path) -> None:
     config = SandboxConfig(latency=0, fixed_latency=0, render="full", workers=3)
     expected = {"MP4": ("h264", "aac"), "WEBM": ("vp9", "opus"), "MOV": ("h264", "aac")}
+    voice = (wav_bytes(SHORT_SECONDS), "audio/wav")  # a short clip: three real encodes
     with running_sandbox(config) as sandbox:
         async with httpx.AsyncClient(timeout=60) as http:
             client = client_for(sandbox, http)
-            uuids = {fmt: await submit_demo(client, outputFormat=fmt) for fmt in expected}
+            uuids = {fmt: await submit_demo(client, voice, outputFormat=fmt) for fmt in expected}
             for fmt, uuid in uuids.items():
                 state = await wait_finished(client, uuid, timeout=120)
                 target = tmp_path / f"video.{fmt.lower()}"
                 download = await client.download(state.results[0].video_url, target)
                 info = probe_video(download.path)
                 assert (info.video_codec, info.audio_codec) == expected[fmt]
-                assert info.seconds == pytest.approx(VOICE_SECONDS, abs=0.15)
+                assert info.seconds == pytest.approx(SHORT_SECONDS, abs=0.15)
                 assert info.width % 2 == 0 and info.height % 2 == 0
                 assert info.width * 1024 == info.height * 768  # the portrait's aspect ratio
         ledger = sandbox.ledger()
     assert ledger["submissions"] == 3
-    assert ledger["total_cost"] == pytest.approx(3 * float(catalog.STANDARD.cost(VOICE_SECONDS)))
+    assert ledger["total_cost"] == pytest.approx(3 * float(catalog.STANDARD.cost(SHORT_SECONDS)))
 
 
 async def test_dropped_connections_on_the_wire_are_retried() -> None:
