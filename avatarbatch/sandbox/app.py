@@ -242,7 +242,7 @@ class _Api:
                 ),
             )
         balance = self.config.balance
-        if balance is not None and self.engine.ledger()["total_cost"] >= balance:
+        if balance is not None and float(self.engine.billed) >= balance:
             message = "Insufficient credits to run this task; add funds to your account."
             return [], [], TaskError("insufficientCredits", message, None, 402)
         refusal = self._invalid_submission(task)

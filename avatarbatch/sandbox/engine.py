@@ -24,6 +24,7 @@ import tempfile
 import time
 import uuid as uuidlib
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ class Engine:
             raise ValueError("a persistent sandbox needs a storage_dir")
         self.config = config
         self.tasks: dict[str, Task] = {}
+        #: every result by its videoUUID, so a download finds its file without a scan
+        self._by_video: dict[str, tuple[Result, Task]] = {}
+        self.billed = Decimal(0)  #: the ledger's total, kept as results succeed
         self.media = store.MediaStore()
         self.faults = FaultInjector(config.faults, config.seed)
         self.requests: Counter[str] = Counter()  #: tasks by type, and HTTP requests
@@ -121,7 +125,8 @@ class Engine:
             self.media.add(item)
         self.upload_uuids = restored.upload_uuids
         self.conflicts = saved.conflicts
-        self.tasks.update(restored.tasks)
+        for task in restored.tasks.values():
+            self._index(task)
         for task in restored.ended:
             self._save(task)
         self._resumed = restored.resumed
@@ -186,7 +191,7 @@ class Engine:
         ]
         if self.state is not None:  # on disk before the acknowledgement can be sent
             self.state.add_task(task, time.time())
-        self.tasks[task.uuid] = task
+        self._index(task)
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         self._queue.put_nowait(task)
@@ -265,6 +270,7 @@ class Engine:
                 self.notifier.result_failed(task, items.error_item(task, result))
                 continue
             result.status = "success"
+            self.billed += result.cost
             self._save(task)
             self.notifier.result_ready(
                 task, items.result_item(task, result, self.config), result.path
@@ -346,16 +352,19 @@ class Engine:
                 return {**item, "cost": bogus}
         return item
 
+    def _index(self, task: Task) -> None:
+        self.tasks[task.uuid] = task
+        for result in task.results:
+            self._by_video[result.video_uuid] = (result, task)
+            if result.status == "success":
+                self.billed += result.cost
+
     def video(self, name: str) -> tuple[Result, Task] | None:
         """The finished, unexpired result a video URL names."""
-        video_uuid = name.split(".", 1)[0]
-        for task in self.tasks.values():
-            for result in task.results:
-                if result.video_uuid == video_uuid and result.status == "success":
-                    if result.expires_at < time.time():
-                        return None
-                    return result, task
-        return None
+        found = self._by_video.get(name.split(".", 1)[0])
+        if found is None or found[0].status != "success" or found[0].expires_at < time.time():
+            return None
+        return found
 
     # --- accounts -------------------------------------------------------------------------------
 
