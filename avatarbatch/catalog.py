@@ -18,6 +18,14 @@ class AvatarModel:
     id: str
     alias: str
     usd_per_second: Decimal
+    #: the render time expected before any task of this model has finished: fixed seconds
+    #: plus seconds per second of audio (see RENDER_PRIOR_NOTE)
+    render_prior_fixed_s: float = 30.0
+    render_prior_per_audio_s: float = 6.0
+
+    def render_prior(self, audio_seconds: float) -> float:
+        """Seconds one task is guessed to render for, before anything has been learnt."""
+        return self.render_prior_fixed_s + self.render_prior_per_audio_s * audio_seconds
 
     def cost(self, seconds: float, results: int = 1) -> Decimal:
         """Cost of `results` videos of `seconds` each, rounded like Runware bills (5 places).
@@ -32,8 +40,24 @@ class AvatarModel:
 
 CENT_FRACTION = Decimal("0.00001")
 
-STANDARD = AvatarModel("klingai:avatar@2.0-standard", "standard", Decimal("0.044"))
-PRO = AvatarModel("klingai:avatar@2.0-pro", "pro", Decimal("0.087"))
+# RENDER_PRIOR_NOTE: Runware documents no render times for these models; the priors are a
+# guess (a queue wait plus a render slower than real time, pro slower than standard), not a
+# measurement. The poller only times its first, early, blind checks from them (a fraction of
+# the prior) and replaces them with what it learns as soon as one task of the model finishes.
+STANDARD = AvatarModel(
+    "klingai:avatar@2.0-standard",
+    "standard",
+    Decimal("0.044"),
+    render_prior_fixed_s=30.0,
+    render_prior_per_audio_s=6.0,
+)
+PRO = AvatarModel(
+    "klingai:avatar@2.0-pro",
+    "pro",
+    Decimal("0.087"),
+    render_prior_fixed_s=45.0,
+    render_prior_per_audio_s=10.0,
+)
 MODELS: tuple[AvatarModel, ...] = (STANDARD, PRO)
 DEFAULT_MODEL = STANDARD
 

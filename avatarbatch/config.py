@@ -30,19 +30,44 @@ class PollTiming:
 
     Submissions share POSTs (submit_queue.py), so polls can be frequent: checked just before
     the expected end and then in small steps, a render is seen soon after it ends, for a
-    fraction of a POST per job (bench/README.md, "Reading the figures", A).
+    fraction of a POST per job (bench/README.md, "Reading the figures", A). The expected
+    time is learnt per model from finished tasks (engine/poller.py).
     """
 
-    initial: float = 1.0  #: first check while nothing has been learnt yet
-    early: float = 0.98  #: first check at this fraction of the expected render time
+    #: first check while nothing is learnt: at this fraction of the model's prior render time
+    #: (catalog.AvatarModel.render_prior), a guess, so early; then blind re-checks
+    blind_first: float = 0.05
+    initial: float = 5.0  #: and at most this many seconds after the task was watched
+    blind_step: float = 0.15  #: re-check after this share of the wait, before anything is learnt
+    blind_min: float = 0.25  #: and at least this long
+    #: once the estimate is sure, a task is checked first at `late` times its expected render
+    #: time, found there at once if the estimate is right; every `scout_every`-th task of a
+    #: model is checked first at `early` times it instead, so the estimate stays bound from
+    #: below and a provider getting faster is noticed
+    late: float = 1.01
+    early: float = 0.98
+    scout_every: int = 4
+    #: while the estimate is not yet sure (learnt from one wave only, or its newest tasks were
+    #: found only loosely bounded), the first check comes at this fraction of the expected
+    #: time and the next ones `probe_ratio` apart up to `early`: a slow first wave that made
+    #: the estimate too high is then seen through in one wave, to within the ratio
+    probe_from: float = 0.5
+    probe_ratio: float = 1.12
     step: float = 0.02  #: re-check interval as a fraction of the expected render time
     min_interval: float = 0.05
     max_interval: float = 10.0
     growth: float = 1.5  #: each further miss waits this much longer
-    window: float = 0.02  #: tasks due within this fraction of their expected time share a POST
-    smoothing: float = 0.3  #: weight of the newest observation
-    blind_step: float = 0.15  #: re-check after this share of the wait, before anything is learnt
-    blind_min: float = 0.25  #: and at least this long
+    window: float = 0.04  #: tasks due within this fraction of their expected time share a POST
+    #: and tasks due within this fraction of it ride along in a POST sent anyway (they are
+    #: found a little early, or keep their own schedule)
+    ride: float = 0.1
+    history: int = 48  #: finished tasks per model the estimate is learnt from, the newest
+    #: the share of recent tasks predicted to take longer than expected: below a half leans
+    #: early, since a check too early costs a POST and one too late costs render-slot time
+    quantile: float = 0.5
+    #: the estimate is sure when its newest tasks were each found within this share of the
+    #: time they took (a miss, then a find shortly after)
+    sure_width: float = 0.12
     not_found_grace: float = NOT_FOUND_GRACE  #: seconds; see NOT_FOUND_GRACE
 
 
