@@ -168,7 +168,11 @@ def test_progress_shows_the_run_as_it_goes(
         run_batch(manifest, options(sandbox, tmp_path), hooks=Watch(), on_runner=runners.append)
     )
     assert summary.exit_code == 0
-    assert [p.counts["done"] for p in seen] == list(range(1, 8))
+    # Moves that fall due together share a commit (state/writer.py), so two jobs may reach
+    # `done` in one step; the count never goes back, and each job sees its own move at least.
+    done = [p.counts["done"] for p in seen]
+    assert done == sorted(done) and done[-1] == 7
+    assert all(count >= jobs_seen for jobs_seen, count in enumerate(done, start=1))
     assert {p.jobs for p in seen} == {7}
     assert seen[-1].spent == pytest.approx(summary.cost_this_run)
     assert seen[-1].estimated_total == pytest.approx(summary.cost_estimated)

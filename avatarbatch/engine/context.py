@@ -23,6 +23,7 @@ from avatarbatch.manifest.document import Job
 from avatarbatch.plan import PlannedJob
 from avatarbatch.runware.client import RunwareClient
 from avatarbatch.state.store import JobRecord, JobStatus, OwnedFile, StateStore, TaskEntry
+from avatarbatch.state.writer import StateWriter
 
 log = logging.getLogger("avatarbatch.run")
 
@@ -63,7 +64,8 @@ class RunContext:
         hooks: Hooks | None,
         run_id: int | None,
     ) -> None:
-        self.state = state
+        self.state = state  #: for reads; every write of the run goes through `writes`
+        self.writes = StateWriter(state)
         self.client = client
         self.out = out
         self.settings = settings
@@ -105,7 +107,7 @@ class RunContext:
         assert record is not None, job_id
         return record
 
-    def transition(
+    async def transition(
         self,
         job_id: str,
         to: JobStatus,
@@ -114,10 +116,17 @@ class RunContext:
         files: list[OwnedFile] | None = None,
         **fields: object,
     ) -> JobRecord:
-        return self.state.transition(job_id, to, tasks=tasks or (), files=files or (), **fields)
+        """Move a job; returns once the move is durable (see state/writer.py)."""
+        return await self.writes.transition(
+            job_id, to, tasks=tasks or (), files=files or (), **fields
+        )
 
-    def fail(self, job_id: str, error: ApiError, *tasks: TaskEntry) -> None:
-        self.transition(
+    async def settle(self, job_id: str, entry: TaskEntry) -> None:
+        """Book a task's outcome in the ledger; returns once it is durable."""
+        await self.writes.settle_task(job_id, entry)
+
+    async def fail(self, job_id: str, error: ApiError, *tasks: TaskEntry) -> None:
+        await self.transition(
             job_id,
             JobStatus.FAILED,
             tasks=list(tasks),
@@ -129,3 +138,4 @@ class RunContext:
     async def aclose(self) -> None:
         await self.submissions.aclose()
         await self.poller.aclose()
+        await self.writes.aclose()  # last: what the others settled while closing is written

@@ -73,7 +73,7 @@ async def download(ctx: RunContext, work: JobWork, record: JobRecord) -> None:
             outputs.append({"path": file.path, "bytes": file.bytes, "sha256": file.sha256})
         except (TransientError, RejectedError, ConflictError) as exc:
             # Any other error (one that stops the run) is the worker's to judge.
-            _refused(ctx, work, exc)
+            await _refused(ctx, work, exc)
             return
         except VideoCheckError as exc:
             log.warning(
@@ -95,8 +95,8 @@ async def download(ctx: RunContext, work: JobWork, record: JobRecord) -> None:
             return
         await ctx.checkpoint(Checkpoint.DOWNLOAD_RENAMED, job.id)
     final_status = JobStatus.FAILED if record.error_message else JobStatus.DONE
-    ctx.transition(job.id, final_status, files=files, outputs=outputs)
-    _remove_superseded(ctx, job.id, record, {f.path for f in files})
+    await ctx.transition(job.id, final_status, files=files, outputs=outputs)
+    await _remove_superseded(ctx, job.id, record, {f.path for f in files})
     if record.error_message:  # some results failed: keep what was paid for, report the rest
         log.error("job %s: failed: %s", job.id, record.error_message)
         return
@@ -110,7 +110,7 @@ async def download(ctx: RunContext, work: JobWork, record: JobRecord) -> None:
     await ctx.checkpoint(Checkpoint.DOWNLOAD_AFTER, job.id)
 
 
-def _refused(
+async def _refused(
     ctx: RunContext, work: JobWork, exc: TransientError | RejectedError | ConflictError
 ) -> None:
     """A download the API's side refused: left for the next run, or failed if gone for good."""
@@ -126,7 +126,7 @@ def _refused(
             code="resultExpired",
             status=exc.status,
         )
-    ctx.fail(work.job.id, exc)
+    await ctx.fail(work.job.id, exc)
 
 
 async def _fetch(ctx: RunContext, work: JobWork, url: str, final: Path, relative: str) -> OwnedFile:
@@ -155,7 +155,9 @@ async def _fetch(ctx: RunContext, work: JobWork, url: str, final: Path, relative
     return OwnedFile(relative, work.job.id, fetched.size, fetched.sha256, mtime_ns)
 
 
-def _remove_superseded(ctx: RunContext, job_id: str, record: JobRecord, kept: set[str]) -> None:
+async def _remove_superseded(
+    ctx: RunContext, job_id: str, record: JobRecord, kept: set[str]
+) -> None:
     """Delete this job's earlier videos that the new ones did not replace (another name,
     fewer results), unless another job has written over that name since."""
     candidates = [str(o.get("path", "")) for o in record.outputs]
@@ -171,7 +173,7 @@ def _remove_superseded(ctx: RunContext, job_id: str, record: JobRecord, kept: se
             (ctx.out / path).unlink()
         gone.append(path)
     if gone:
-        ctx.state.disown_files(gone)
+        await ctx.writes.disown_files(gone)
 
 
 def without_query(url: str) -> str:

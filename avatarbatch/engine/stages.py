@@ -108,7 +108,7 @@ class Stages:
         ctx, job = self.ctx, drive.work.job
         if not ctx.may_start():
             return Step.END
-        drive.record = ctx.transition(job.id, JobStatus.UPLOADING)
+        drive.record = await ctx.transition(job.id, JobStatus.UPLOADING)
         await ctx.checkpoint(Checkpoint.UPLOAD_BEFORE, job.id)
         try:
             image = await self.uploads.value(job.portrait, "image", refresh=refresh)
@@ -116,10 +116,10 @@ class Stages:
         except (RejectedError, ConflictError) as exc:
             # The API refused the input itself: this job cannot succeed. Any other error is
             # the worker's to judge: it leaves the job for the next run, or stops the run.
-            ctx.fail(job.id, exc)
+            await ctx.fail(job.id, exc)
             return Step.END
         await ctx.checkpoint(Checkpoint.UPLOAD_AFTER, job.id)
-        drive.record = ctx.transition(
+        drive.record = await ctx.transition(
             job.id,
             JobStatus.UPLOADING,
             image_input=image if not job.portrait.is_inline else None,
@@ -143,7 +143,7 @@ class Stages:
             log.info("job %s: task %s never arrived; submitting it again", job.id, task_uuid)
             return Step.RESEND
         accepted = TaskEntry(task_uuid, TaskStatus.ACCEPTED)
-        drive.record = ctx.transition(job.id, JobStatus.PROCESSING, tasks=[accepted])
+        drive.record = await ctx.transition(job.id, JobStatus.PROCESSING, tasks=[accepted])
         return Step.POLL
 
     async def _send(self, drive: Drive, *, new_attempt: bool) -> Step:
@@ -168,7 +168,7 @@ class Stages:
                 run_id=ctx.run_id,
                 estimated_cost=float(work.reservation),
             )
-            drive.record = ctx.transition(
+            drive.record = await ctx.transition(
                 job.id,
                 JobStatus.SUBMITTING,
                 tasks=[first],
@@ -180,7 +180,7 @@ class Stages:
             )
         else:  # the same task UUID again: if it lands now, this run is the one that sent it
             resent = TaskEntry(task_uuid, TaskStatus.SUBMITTING, run_id=ctx.run_id)
-            ctx.state.settle_task(job.id, resent)
+            await ctx.settle(job.id, resent)
         await ctx.checkpoint(Checkpoint.SUBMIT_BEFORE, job.id)
         try:
             await ctx.submissions.submit(video_task(job, image, audio, task_uuid))
@@ -194,18 +194,18 @@ class Stages:
             )
             return Step.END
         except RejectedError as exc:
-            return self._refused(drive, task_uuid, exc, refreshed=refreshed)
+            return await self._refused(drive, task_uuid, exc, refreshed=refreshed)
         except ApiError:
             # Not this stage's to decide (the worker stops the run), but the API refused the
             # task: the ledger books it as never billed first.
             for entry in self._refusal(drive, task_uuid):
-                ctx.state.settle_task(job.id, entry)
+                await ctx.settle(job.id, entry)
             raise
         ctx.outcome.tasks_sent += 1
         ctx.outcome.submitted_jobs.add(job.id)
         await ctx.checkpoint(Checkpoint.SUBMIT_SENT, job.id)
         accepted = TaskEntry(task_uuid, TaskStatus.ACCEPTED)
-        drive.record = ctx.transition(job.id, JobStatus.PROCESSING, tasks=[accepted])
+        drive.record = await ctx.transition(job.id, JobStatus.PROCESSING, tasks=[accepted])
         log.info("job %s: submitted task %s (attempt %d)", job.id, task_uuid, drive.record.attempts)
         await ctx.checkpoint(Checkpoint.SUBMIT_AFTER, job.id)
         return Step.POLL
@@ -219,7 +219,7 @@ class Stages:
             return []
         return [TaskEntry(task_uuid, TaskStatus.REFUSED, billed_cost=0.0)]
 
-    def _refused(
+    async def _refused(
         self, drive: Drive, task_uuid: str, exc: RejectedError, *, refreshed: bool
     ) -> Step:
         """The API refused a submission: upload again, leave the job, or fail it."""
@@ -227,7 +227,7 @@ class Stages:
         refused = self._refusal(drive, task_uuid)
         if classify.is_stale_input(exc) and not refreshed:
             for entry in refused:
-                ctx.state.settle_task(job.id, entry)
+                await ctx.settle(job.id, entry)
             log.warning("job %s: %s; uploading the inputs again", job.id, exc)
             return Step.REUPLOAD
         if _accepted_once(drive):
@@ -240,7 +240,7 @@ class Stages:
                 exc,
             )
             return Step.END
-        ctx.fail(job.id, exc, *refused)
+        await ctx.fail(job.id, exc, *refused)
         return Step.END
 
     # --- rendering ----------------------------------------------------------------------------
@@ -248,7 +248,9 @@ class Stages:
     async def poll(self, drive: Drive) -> Step:
         ctx, work, task_uuid = self.ctx, drive.work, drive.record.task_uuid
         assert task_uuid is not None
-        waiting = ctx.poller.watch(task_uuid, work.job.number_results, work.audio_seconds)
+        waiting = ctx.poller.watch(
+            task_uuid, work.job.number_results, work.audio_seconds, model=work.job.model
+        )
         try:
             async with asyncio.timeout(ctx.settings.job_timeout):
                 state = await waiting
@@ -274,17 +276,17 @@ class Stages:
             )
             return Step.RESEND
         if state.results:
-            return self._billed(drive, task_uuid, state)
-        return self._unbilled(drive, task_uuid, state)
+            return await self._billed(drive, task_uuid, state)
+        return await self._unbilled(drive, task_uuid, state)
 
-    def _billed(self, drive: Drive, task_uuid: str, state: TaskState) -> Step:
+    async def _billed(self, drive: Drive, task_uuid: str, state: TaskState) -> Step:
         ctx, job = self.ctx, drive.work.job
         cost, source = billed_cost(state.results, drive.work.per_result)
         ctx.budget.settle(job.id, cost)
         billed = TaskEntry(
             task_uuid, TaskStatus.BILLED, billed_cost=float(cost), cost_source=source
         )
-        drive.record = ctx.transition(
+        drive.record = await ctx.transition(
             job.id,
             JobStatus.DOWNLOADING,
             tasks=[billed],
@@ -299,19 +301,19 @@ class Stages:
         )
         return Step.DOWNLOAD
 
-    def _unbilled(self, drive: Drive, task_uuid: str, state: TaskState) -> Step:
+    async def _unbilled(self, drive: Drive, task_uuid: str, state: TaskState) -> Step:
         """The task ended without a result: try a new attempt if that may help, else fail."""
         ctx, job = self.ctx, drive.work.job
         ctx.budget.settle(job.id, Decimal(0))
         unbilled = TaskEntry(task_uuid, TaskStatus.UNBILLED, billed_cost=0.0)
-        ctx.state.settle_task(job.id, unbilled)
+        await ctx.settle(job.id, unbilled)
         error = _unknown_task(task_uuid, state) if state.unknown else state.errors[0]
         retryable = isinstance(error, TransientError) and not state.not_found
         attempts_left = drive.record.attempts < ctx.settings.generation_attempts
         if retryable and attempts_left and not ctx.stopping.is_set():
             log.warning("job %s: generation failed (%s); trying again", job.id, error)
             return Step.SUBMIT
-        ctx.fail(job.id, error)
+        await ctx.fail(job.id, error)
         return Step.END
 
     # --- downloading --------------------------------------------------------------------------

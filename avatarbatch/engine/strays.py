@@ -30,6 +30,8 @@ async def settle_stray(ctx: RunContext, task: StrayTask) -> None:
     uuid = task.task_uuid
     landed = task.status is not TaskStatus.SUBMITTING
     async with ctx.in_flight if landed else contextlib.nullcontext():
+        # The ledger keeps no model per task (the job's may have changed since): the
+        # poller's unknown-model learner times it.
         waiting = ctx.poller.watch(uuid, task.number_results, task.audio_seconds)
         try:  # an error that stops the run is the runner's to judge, as for any job
             async with asyncio.timeout(ctx.settings.job_timeout):
@@ -42,11 +44,11 @@ async def settle_stray(ctx: RunContext, task: StrayTask) -> None:
             return
     if state.unknown and not landed:
         gone = TaskEntry(uuid, TaskStatus.REFUSED, billed_cost=0.0)
-        ctx.state.settle_task(task.job_id, gone)
+        await ctx.settle(task.job_id, gone)
         return
     per_result = Decimal(str(task.estimated_cost or 0.0)) / task.number_results
     cost, source = billed_cost(state.results, per_result)
     status = TaskStatus.BILLED if state.results else TaskStatus.UNBILLED
     entry = TaskEntry(uuid, status, billed_cost=float(cost), cost_source=source)
-    ctx.state.settle_task(task.job_id, entry)
+    await ctx.settle(task.job_id, entry)
     log.info("earlier task %s of %s ended: %s booked", uuid, task.job_id, money(cost))

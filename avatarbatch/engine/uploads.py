@@ -18,6 +18,7 @@ from avatarbatch.errors import ApiError
 from avatarbatch.manifest.media import MediaInfo, MediaRef
 from avatarbatch.runware.client import RunwareClient
 from avatarbatch.state.store import StateStore
+from avatarbatch.state.writer import StateWriter
 
 log = logging.getLogger("avatarbatch.run")
 
@@ -35,12 +36,19 @@ InputKind = Literal["image", "media"]
 
 class Uploads:
     def __init__(
-        self, state: StateStore, client: RunwareClient, media: Mapping[str, MediaInfo]
+        self,
+        state: StateStore,
+        writes: StateWriter,
+        client: RunwareClient,
+        media: Mapping[str, MediaInfo],
     ) -> None:
         self._state = state
+        self._writes = writes
         self._client = client
         self._media = media
         self._running: dict[tuple[str, str], asyncio.Future[str]] = {}
+        #: uploads known to this run, so each job does not ask the state file again
+        self._known: dict[tuple[str, str], str] = {}
         self._refreshed: set[tuple[str, str]] = set()
 
     async def value(self, ref: MediaRef, kind: InputKind, *, refresh: bool = False) -> str:
@@ -56,9 +64,13 @@ class Uploads:
         if refresh and key not in self._refreshed:
             self._refreshed.add(key)
             self._running.pop(key, None)
+            self._known.pop(key, None)
         elif key not in self._running:
+            if key in self._known:
+                return self._known[key]
             cached = self._state.upload_for(info.sha256, kind)
             if cached is not None:
+                self._known[key] = cached[0]
                 return cached[0]
         if key not in self._running:
             self._running[key] = asyncio.ensure_future(self._upload(ref, info, kind))
@@ -81,6 +93,6 @@ class Uploads:
         mime = MIME_TYPES.get(info.format, "application/octet-stream")
         upload_call = self._client.upload_image if kind == "image" else self._client.upload_media
         upload = await upload_call(data, mime, new_uuid())
-        self._state.record_upload(info.sha256, kind, upload.uuid, upload.url)
+        await self._writes.record_upload(info.sha256, kind, upload.uuid, upload.url)
         log.info("uploaded %s as %s", ref.written, upload.uuid)
         return upload.uuid

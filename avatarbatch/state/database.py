@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sqlite_utils import Database
 
@@ -44,9 +44,21 @@ class StateDatabase:
         self._db = db
         self.path = path
         self._clock = clock
+        self._grouped = False  #: inside `group()`: each write is a savepoint of its transaction
 
     def close(self) -> None:
         self._db.close()
+
+    def another_connection(self, timeout: float) -> Self:
+        """This file through a connection of its own, for another thread (`StateWriter`'s).
+        This one has checked and migrated it; only the per-connection settings are made again."""
+        conn = sqlite3.connect(self.path, timeout=timeout)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StateError(f"cannot open the state file {self.path}: {exc}") from exc
+        return type(self)(Database(conn, execute_plugins=False), self.path, self._clock)
 
     # -- schema -------------------------------------------------------------------------
 
@@ -112,9 +124,25 @@ class StateDatabase:
     # -- writing ------------------------------------------------------------------------
 
     @contextmanager
+    def group(self) -> Iterator[None]:
+        """One transaction for many writes (`StateWriter`'s group commit): they are durable
+        together, at one flush. Each write inside keeps its own savepoint, so one that is
+        refused (an illegal move) undoes only itself, as it would on its own."""
+        with self._transaction():
+            self._grouped = True
+            try:
+                yield
+            finally:
+                self._grouped = False
+
+    @contextmanager
     def _transaction(self) -> Iterator[Database]:
         """One committed write: everything inside lands together, or nothing does."""
         db = self._db
+        if self._grouped:
+            with self._savepoint():
+                yield db
+            return
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -127,6 +155,18 @@ class StateDatabase:
             # Locked by another program past BUSY_TIMEOUT, a full disk, an I/O error: a message
             # naming the file instead of a traceback (nothing of this transaction was written).
             raise StateError(f"cannot write the state file {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        db = self._db
+        db.execute("SAVEPOINT write")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK TO write")
+            db.execute("RELEASE write")
+            raise
+        db.execute("RELEASE write")
 
     def _event(self, job_id: str | None, kind: str, detail: dict[str, Any] | None) -> None:
         """Append to the log, inside the caller's transaction."""
