@@ -4,7 +4,8 @@ Scenario C times the rerun of 100,000 finished jobs; rendering them through the 
 first would take hours. So the jobs are registered by avatarbatch itself (`register_plan`,
 exactly what `avatarbatch run` does first) and then moved to `done` in one bulk UPDATE with
 the fields a finished run leaves behind: a task UUID, one result with its cost and URL, one
-downloaded file. The files themselves are not written; a rerun does not open them.
+downloaded file (a 1 KB stand-in). Then the reports are written, as the run that finished
+them would have: a rerun finds them current and leaves them alone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from avatarbatch.engine.place import STATE_NAME
 from avatarbatch.engine.session import checked, register_plan
 from avatarbatch.plan import build_plan
+from avatarbatch.report.files import write_reports
 from avatarbatch.state.store import JobStatus, StateStore
 
 
@@ -71,4 +73,7 @@ def mark_all_done(manifest_path: Path, out: Path) -> Path:
             tasks,
         )
         db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)", files)
+    db.close()
+    with StateStore.open(path) as store:
+        write_reports(manifest, store, out)
     return path

@@ -15,7 +15,7 @@ from avatarbatch.cli.commands import app
 from avatarbatch.manifest.document import read_manifest
 from avatarbatch.manifest.preflight import preflight
 from avatarbatch.manifest.problems import Problems
-from avatarbatch.manifest.sources import MAX_MANIFEST_BYTES
+from avatarbatch.manifest.sources import MAX_CSV_BYTES, MAX_MANIFEST_BYTES
 from conftest import as_unprivileged
 
 Write = Callable[[str, str | bytes], Path]
@@ -137,10 +137,14 @@ def test_symlink_to_a_system_file_is_not_echoed(tmp_path: Path) -> None:
 
 
 def test_huge_manifest_is_refused_without_reading_it(tmp_path: Path) -> None:
-    path = tmp_path / "huge.csv"
+    path = tmp_path / "huge.yaml"
     with path.open("wb") as handle:
         handle.truncate(MAX_MANIFEST_BYTES + 1)  # sparse: costs no disk
     assert "the limit is 64 MB" in first_error(path)
+    path = tmp_path / "huge.csv"  # a CSV of a million rows may be larger
+    with path.open("wb") as handle:
+        handle.truncate(MAX_CSV_BYTES + 1)
+    assert "the limit is 256 MB" in first_error(path)
 
 
 def test_unreadable_manifest(write: Write) -> None:

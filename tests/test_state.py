@@ -149,6 +149,7 @@ def test_a_later_migration_is_applied_once_to_an_older_file(
     assert sql(path, "select name from _migrations") == [
         ("m001_initial",),
         ("m002_ledger",),
+        ("m003_media_probes",),
         ("m099_test_notes",),
     ]
 

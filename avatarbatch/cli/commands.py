@@ -56,8 +56,10 @@ from avatarbatch.cli.options import (
     user_errors,
 )
 from avatarbatch.config import CONFIRM_ABOVE_USD, DEFAULTS, PollTiming, RunSettings, usd
-from avatarbatch.engine.session import checked
+from avatarbatch.engine.session import checked, probe_memo
 from avatarbatch.errors import ExitCode
+from avatarbatch.manifest.job import Manifest
+from avatarbatch.manifest.media import ProbeCache
 from avatarbatch.manifest.preflight import Preflight, preflight
 from avatarbatch.manifest.problems import display_path, plural
 from avatarbatch.report.data import money
@@ -129,7 +131,10 @@ def plan(
 ) -> None:
     """Show what a run would do and what it would cost. Makes no API call."""
     with user_errors(as_json):
-        result = _checked(manifest)
+        result = _checked(
+            manifest,
+            lambda found: probe_memo(found, out=out, state=state, sandbox=sandbox),
+        )
         assert result.manifest is not None
         the_plan = status_view.plan_of(result, out=out, state=state, sandbox=sandbox)
     if as_json:
@@ -260,9 +265,12 @@ def status(
         views.print_status(stdout(), report)
 
 
-def _checked(manifest: Path) -> Preflight:
-    """A preflight that must pass; warnings go to stderr, errors raise ManifestError."""
-    result = checked(manifest)
+def _checked(
+    manifest: Path, probes: Callable[[Manifest], ProbeCache | None] | None = None
+) -> Preflight:
+    """A preflight that must pass; warnings go to stderr, errors raise ManifestError.
+    `probes`: what the state file knows of the media (see `session.checked`)."""
+    result = checked(manifest, probes)
     views.print_problems(stderr(), result.problems.warnings)
     return result
 

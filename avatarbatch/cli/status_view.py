@@ -11,7 +11,7 @@ from avatarbatch.errors import UsageError
 from avatarbatch.manifest.document import Manifest, load_manifest
 from avatarbatch.manifest.preflight import Preflight
 from avatarbatch.money import MONEY_PLACES
-from avatarbatch.plan import DAMAGED, Plan, StoredJob, build_plan
+from avatarbatch.plan import Plan, PlanStatus, build_plan
 from avatarbatch.report.data import tally_by_status
 from avatarbatch.report.files import summary_markdown, write_reports
 from avatarbatch.state import lock
@@ -22,28 +22,28 @@ from avatarbatch.state.store import JobStatus, StateStore
 def plan_of(
     checked: Preflight, *, out: Path | None, state: Path | None, sandbox: bool = False
 ) -> Plan:
-    """What a run would do now, read from the state file (if any); no API call."""
+    """What a run would do now, read from the state file (if any); no API call.
+
+    Done jobs whose video in the output folder is missing or changed are REFETCH (the next
+    run fetches them again, at no cost).
+    """
     manifest = checked.manifest
     assert manifest is not None
     where = place.locate(manifest, out=out, state=state, sandbox=sandbox)
-    stored = stored_jobs(where, manifest, out) if where.state.exists() else {}
-    return build_plan(manifest.jobs, checked.media, stored)
-
-
-def stored_jobs(where: place.Place, manifest: Manifest, out: Path | None) -> dict[str, StoredJob]:
-    """What `plan` needs of the state file; done jobs whose video in the output folder is
-    missing or changed are marked DAMAGED (the next run fetches them again, at no cost)."""
+    if not where.state.exists():
+        return build_plan(manifest.jobs, checked.media)
     store = StateStore.open(where.state)
     try:
         place.check_manifest(store, where, manifest)
-        stored = store.planning_view()
         folder = out or outputs.folder_of(store, where.out)
         damaged = outputs.damaged_videos(store.recorded_outputs(), folder).damaged
+
+        def statuses(hashes: list[tuple[str, str]]) -> dict[str, PlanStatus]:
+            return store.plan_statuses(hashes, damaged)
+
+        return build_plan(manifest.jobs, checked.media, statuses)
     finally:
         store.close()
-    for job_id in damaged:
-        stored[job_id] = StoredJob(stored[job_id].spec_hash, DAMAGED)
-    return stored
 
 
 def located(

@@ -28,7 +28,6 @@ from avatarbatch.engine.uploads import Uploads
 from avatarbatch.errors import ApiError
 from avatarbatch.manifest.media import MediaInfo
 from avatarbatch.plan import PlannedJob
-from avatarbatch.report.data import FINISHED
 from avatarbatch.runware.client import RunwareClient
 from avatarbatch.state.store import JobStatus, StateStore, StrayTask
 
@@ -65,7 +64,7 @@ class Runner:
         self.manifest_ids = list(manifest_ids) if manifest_ids is not None else list(self.work)
         self.estimated_total = float(estimated_total)
         self.ctx = RunContext(state, client, out, settings, hooks, run_id)
-        self.uploads = Uploads(state, client, media)
+        self.uploads = Uploads(state, self.ctx.writes, client, media)
         self.stages = Stages(self.ctx, self.uploads)
 
     @property
@@ -82,15 +81,20 @@ class Runner:
 
     def todo(self) -> list[JobWork]:
         """Jobs this run works on: unfinished ones, plus failed ones when retrying."""
-        stored = self.ctx.state.planning_view()
+        retrying = self.ctx.settings.retry_failed
+        # SQL names the unfinished jobs: a rerun with everything done walks none of them.
+        left = self.ctx.state.unfinished(failed=retrying)
         selected: list[tuple[JobStatus, JobWork]] = []
-        for job_id, work in self.work.items():
-            status = JobStatus(stored[job_id].status)
-            if status is JobStatus.FAILED and self.ctx.settings.retry_failed:
-                self.ctx.transition(job_id, JobStatus.PENDING, error_code=None, error_message=None)
-                status = JobStatus.PENDING
-            elif status in FINISHED:
+        for job_id, work in self.work.items() if left else ():
+            status = left.get(job_id)
+            if status is None:
                 continue
+            if status is JobStatus.FAILED:
+                # Before the run's writer starts: this connection may write directly.
+                self.ctx.state.transition(
+                    job_id, JobStatus.PENDING, error_code=None, error_message=None
+                )
+                status = JobStatus.PENDING
             selected.append((status, work))
         # Adopted tasks first: they hold render slots at the provider already, so they must
         # take --concurrency slots before any new submission can.

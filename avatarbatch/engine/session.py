@@ -24,14 +24,16 @@ from avatarbatch.engine.signals import signals_enabled
 from avatarbatch.engine.summary import RunSummary, outcome_word, summarize
 from avatarbatch.errors import ExitCode, ManifestError, UsageError
 from avatarbatch.manifest.document import Manifest
+from avatarbatch.manifest.media import ProbeCache
 from avatarbatch.manifest.preflight import Preflight, preflight
-from avatarbatch.plan import PlannedJob, build_plan
-from avatarbatch.report.data import FINISHED
-from avatarbatch.report.files import summary_markdown, write_reports
+from avatarbatch.plan import PlannedJob, PlanStatus, build_plan
+from avatarbatch.report.data import FINISHED, tally_of
+from avatarbatch.report.files import write_reports_if_changed
 from avatarbatch.runware.client import RunwareClient, make_http_client
 from avatarbatch.runware.limits import RateLimiter
 from avatarbatch.state.lock import state_lock
-from avatarbatch.state.store import JobOverview, JobSpec, JobStatus, StateStore
+from avatarbatch.state.probes import ProbeMemo
+from avatarbatch.state.store import JobSpec, JobStatus, StateError, StateStore
 
 log = logging.getLogger("avatarbatch.run")
 
@@ -40,12 +42,28 @@ log = logging.getLogger("avatarbatch.run")
 SPARE_API_CONNECTIONS = 4
 
 
-def checked(manifest_path: Path) -> Preflight:
-    """A preflight that must pass: its errors raise ManifestError; warnings are the caller's."""
-    result = preflight(manifest_path)
+def checked(
+    manifest_path: Path, probes: Callable[[Manifest], ProbeCache | None] | None = None
+) -> Preflight:
+    """A preflight that must pass: its errors raise ManifestError; warnings are the caller's.
+
+    `probes`: what earlier runs found probing the media (see `probe_memo`).
+    """
+    result = preflight(manifest_path, cache=probes)
     if not result.ok:
         raise ManifestError(result.problems.items)
     return result
+
+
+def probe_memo(
+    manifest: Manifest, *, out: Path | None, state: Path | None, sandbox: bool
+) -> ProbeMemo:
+    """The media probes kept in the state file a run with these options uses, read without
+    locking or changing it: the manifest is checked before that, and a bad one leaves nothing
+    behind. (A state at the old working-directory default is not looked for: its run just
+    probes again.)"""
+    folder = out or place.default_out(manifest, sandbox=sandbox)
+    return ProbeMemo.read(state or folder / place.STATE_NAME)
 
 
 @dataclass(frozen=True)
@@ -66,7 +84,16 @@ async def run_batch(
     on_runner: Callable[[Runner], None] | None = None,
 ) -> RunSummary:
     """Run the manifest; resumable, never paying twice for a job. Raises AvatarBatchError."""
-    checked_manifest = checked(manifest_path)
+    memo = ProbeMemo()
+
+    def probes(manifest: Manifest) -> ProbeMemo:
+        nonlocal memo
+        memo = probe_memo(
+            manifest, out=settings.out, state=settings.state, sandbox=settings.sandbox is not None
+        )
+        return memo
+
+    checked_manifest = checked(manifest_path, probes)
     manifest = checked_manifest.manifest
     assert manifest is not None
     where = place.locate(
@@ -86,10 +113,10 @@ async def run_batch(
             place.claim(store, where, manifest, sandboxed.target(settings))
             if not fresh:
                 _check_writable(out / outputs.VIDEOS)
+            store.remember_probes(memo.fresh)
             owners = outputs.take_over(store, out, path)
-            overview: dict[str, JobOverview] | None = None
             try:
-                summary, overview = await _run_planned(
+                summary = await _run_planned(
                     checked_manifest,
                     store,
                     owners,
@@ -101,7 +128,7 @@ async def run_batch(
             finally:
                 # Written however the run ended; by now the plan is gone, which matters to
                 # the peak memory of a large batch.
-                report, problem = _reports(manifest, store, out, overview)
+                report, problem = _reports(manifest, store, out)
             summary.report = report
             if problem is not None and summary.exit_code == ExitCode.OK:
                 summary.exit_code, summary.message = ExitCode.FAILED, problem
@@ -118,11 +145,8 @@ async def _run_planned(
     selected: frozenset[str] | None,
     settings: RunSettings,
     wiring: _Wiring,
-) -> tuple[RunSummary, dict[str, JobOverview]]:
-    """Plan against the state file, register, run what is left, record the run's summary.
-
-    Also returns the jobs as the state file has them at the end, for the reports.
-    """
+) -> RunSummary:
+    """Plan against the state file, register, run what is left, record the run's summary."""
     manifest = checked_manifest.manifest
     assert manifest is not None
     out = where.out
@@ -140,10 +164,10 @@ async def _run_planned(
         damage.damaged = {k: v for k, v in damage.damaged.items() if k in selected}
     if damage.unchanged:
         store.seen_unchanged(damage.unchanged)
-    plan = build_plan(manifest.jobs, checked_manifest.media, store.planning_view())
+    plan = build_plan(manifest.jobs, checked_manifest.media, store.plan_statuses)
     chosen = [p for p in plan.jobs if selected is None or p.job.id in selected]
     estimated = estimated_total(chosen)  # once, for the progress display and the summary
-    statuses = register_plan(store, chosen)
+    statuses = _register(store, chosen)
     outputs.apply_renames(renames, out, store)
     statuses |= _refetch_damaged(store, damage.damaged, statuses)
     _confirm(settings, chosen, statuses)
@@ -170,16 +194,16 @@ async def _run_planned(
                 run_id,
             )
     finally:
-        overview = store.overview()
+        tally = tally_of(store, (p.job.id for p in chosen))
         spend = (store.spend(), store.spend(run_id))
-        summary = summarize(overview, chosen, outcome, where, spend, estimated)
+        summary = summarize(tally, chosen, outcome, where, spend, estimated)
         store.finish_run(
             run_id,
             outcome=outcome_word(summary.exit_code),
             exit_code=int(summary.exit_code),
             summary=summary.as_dict(),
         )
-    return summary, overview
+    return summary
 
 
 def _refetch_damaged(
@@ -215,6 +239,31 @@ def _check_writable(folder: Path) -> None:
 def register_plan(store: StateStore, planned: Iterable[PlannedJob]) -> dict[str, JobStatus]:
     """Bring the state file in line with the manifest (new and changed jobs) in one commit."""
     return store.ensure_jobs(job_spec(p) for p in planned)
+
+
+def _register(store: StateStore, chosen: list[PlannedJob]) -> dict[str, JobStatus]:
+    """`register_plan` for a plan just made against this state under its lock: only its new
+    and changed jobs are written, and the others' statuses are what the plan found (a rerun
+    of 100,000 finished jobs sends none of them to SQL again)."""
+    fresh = register_plan(store, (p for p in chosen if p.status in _REGISTERED))
+    left = store.unfinished() if any(p.status is PlanStatus.UNFINISHED for p in chosen) else {}
+    statuses = {}
+    for planned in chosen:
+        job_id = planned.job.id
+        status = fresh.get(job_id) or left.get(job_id) or _SETTLED.get(planned.status)
+        if status is None:
+            raise StateError(f"job {job_id!r} changed in {store.path} while it was planned")
+        statuses[job_id] = status
+    return statuses
+
+
+_REGISTERED = (PlanStatus.NEW, PlanStatus.CHANGED)
+#: What the state file says of a job the plan found settled (REFETCH: done, its video not)
+_SETTLED = {
+    PlanStatus.DONE: JobStatus.DONE,
+    PlanStatus.REFETCH: JobStatus.DONE,
+    PlanStatus.FAILED: JobStatus.FAILED,
+}
 
 
 def job_spec(planned: PlannedJob) -> JobSpec:
@@ -285,16 +334,15 @@ async def _execute(
                 return runner.outcome
 
 
-def _reports(
-    manifest: Manifest, store: StateStore, out: Path, overview: dict[str, JobOverview] | None
-) -> tuple[str, str | None]:
-    """Write the report files; returns the summary, and what went wrong if they could not be.
+def _reports(manifest: Manifest, store: StateStore, out: Path) -> tuple[str, str | None]:
+    """Write the report files (unless those there are current); returns the summary, and
+    what went wrong if they could not be written.
 
     A failure to write them must not hide the run's outcome, nor pass unnoticed: the caller
     turns it into a non-zero exit.
     """
     try:
-        return summary_markdown(write_reports(manifest, store, out, overview)), None
+        return write_reports_if_changed(manifest, store, out), None
     except OSError as exc:
         problem = f"could not write the reports into {out}: {exc.strerror or exc}"
         log.error("%s", problem)

@@ -11,8 +11,8 @@ from avatarbatch.engine.place import Place
 from avatarbatch.errors import ExitCode
 from avatarbatch.manifest.problems import plural
 from avatarbatch.plan import MONEY_PLACES, PlannedJob, PlanStatus
-from avatarbatch.report.data import FINISHED, money, tally_by_status
-from avatarbatch.state.store import JobOverview, JobStatus
+from avatarbatch.report.data import FINISHED, StatusTally, money
+from avatarbatch.state.store import JobStatus
 
 #: how each exit code is recorded as the outcome of a run in the state file
 OUTCOME_WORDS = {
@@ -50,19 +50,18 @@ class RunSummary:
 
 
 def summarize(
-    records: dict[str, JobOverview],
+    tally: StatusTally,
     chosen: list[PlannedJob],
     outcome: Outcome,
     where: Place,
     spend: tuple[float, float],
     estimated: Decimal,
 ) -> RunSummary:
-    """The run's outcome over the jobs it was given; `spend` is the ledger's (lifetime, this
-    run's) billed cost, `estimated` the plan's estimate of `chosen`."""
-    ids = [p.job.id for p in chosen]
-    tally = tally_by_status(records[i] for i in ids)
+    """The run's outcome over the jobs it was given, `tally` being theirs as the state file
+    has them now; `spend` is the ledger's (lifetime, this run's) billed cost, `estimated` the
+    plan's estimate of `chosen`."""
     done, failed = tally.count(JobStatus.DONE), tally.count(JobStatus.FAILED)
-    pending = len(ids) - done - failed
+    pending = len(chosen) - done - failed
     skipped = sum(1 for p in chosen if p.status is PlanStatus.DONE)
     remaining = tally.totals(s for s in JobStatus if s not in FINISHED)
     remaining_cost = remaining.estimated_cost
@@ -86,7 +85,7 @@ def summarize(
     else:
         code, message = ExitCode.OK, "every job done"
     return RunSummary(
-        jobs=len(ids),
+        jobs=len(chosen),
         done=done,
         failed=failed,
         pending=pending,

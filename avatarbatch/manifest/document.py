@@ -24,7 +24,6 @@ from avatarbatch.manifest.problems import Origin, Problems, shorten
 from avatarbatch.manifest.resolve import Resolver
 from avatarbatch.manifest.rows import (
     RawRow,
-    consumed,
     csv_columns,
     expand_matrix,
     is_csv_column,
@@ -33,15 +32,17 @@ from avatarbatch.manifest.rows import (
     row_from_mapping,
 )
 from avatarbatch.manifest.sources import (
+    MAX_CSV_BYTES,
     MAX_MANIFEST_BYTES,
+    CsvReader,
     YList,
     YMap,
     decode,
     fail,
-    parse_csv,
     parse_yaml,
     read_text,
 )
+from avatarbatch.manifest.templates import DEFAULT_FILENAME
 
 # Job and Manifest are defined in `manifest.job` and exported from here too, with the reader.
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
 
 TOP_LEVEL_KEYS = ("version", "defaults", "output", "jobs", "rows", "matrix")
 CSV_SUFFIXES = (".csv", ".tsv")
-DEFAULT_FILENAME = "{id}.{ext}"
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -76,8 +76,10 @@ def read_manifest(path: Path, problems: Problems) -> Manifest | None:
     """
     path = path.absolute()
     try:
-        text = read_text(path)
-        if path.suffix.lower() in CSV_SUFFIXES:
+        is_csv = path.suffix.lower() in CSV_SUFFIXES
+        text = read_text(path, MAX_CSV_BYTES if is_csv else MAX_MANIFEST_BYTES)
+        sha256 = hashlib.sha256(text.encode()).hexdigest()
+        if is_csv:
             document = _Document(path, problems)
             document.add_csv(path, text, var_columns=())
         else:
@@ -86,13 +88,14 @@ def read_manifest(path: Path, problems: Problems) -> Manifest | None:
     except ManifestError as exc:
         problems.items.extend(exc.problems)
         return None
+    del text  # a big CSV's text is not kept while its rows become jobs (peak memory)
     resolver = Resolver(problems, document.defaults, document.filename, document.filename_origin)
     jobs = resolver.resolve_all(document.rows)
     if not jobs and not problems.errors:
         problems.error(Origin(path), "has no jobs: add jobs:, rows: or matrix:")
     return Manifest(
         path=path,
-        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        sha256=sha256,
         jobs=tuple(jobs),
         output_dir=document.output_dir,
         filename=document.filename,
@@ -210,7 +213,7 @@ class _Document:
             return
         csv_path = paths.resolve(self.path.parent, spec.strip())
         try:
-            data = paths.read_regular_file(csv_path, MAX_MANIFEST_BYTES)
+            data = paths.read_regular_file(csv_path, MAX_CSV_BYTES)
         except paths.UnreadableFile as exc:
             # Said where the CSV is named: that line is what the user has to fix.
             self.problems.error(path_origin, f"{spec.strip()} {exc}", field=path_field)
@@ -221,9 +224,12 @@ class _Document:
             self.problems.items.extend(exc.problems)
 
     def add_csv(self, path: Path, text: str, var_columns: list[str] | tuple[str, ...]) -> None:
-        table = parse_csv(text, path, lambda column: is_csv_column(column, var_columns))
-        columns = csv_columns(table.header, table.header_line, path, var_columns, self.problems)
-        self.rows.extend(row_from_csv(record, path, columns) for record in consumed(table.rows))
+        reader = CsvReader(text, path, lambda column: is_csv_column(column, var_columns))
+        columns = csv_columns(reader.header, reader.header_line, path, var_columns, self.problems)
+        positions = [(reader.header.index(column), name) for column, name in columns.items()]
+        # Row by row, and only once every row has been read: a bad one adds none of them.
+        rows = [row_from_csv(record, path, positions) for record in reader]
+        self.rows.extend(rows)
 
     def _matrix(self, top: YMap) -> None:
         spec = top.get("matrix")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from avatarbatch import catalog
 from avatarbatch.manifest.fields import JobFields, Safety
@@ -55,7 +56,28 @@ class Job:
     ) -> Job:
         """The job of a checked row. `dict(fields)` is pydantic's shallow dump: a nested
         Safety stays a model."""
-        values = dict(fields)
+        return cls.from_values(
+            dict(fields),
+            portrait=portrait,
+            audio=audio,
+            index=index,
+            origin=origin,
+            outputs=outputs,
+        )
+
+    @classmethod
+    def from_values(
+        cls,
+        values: dict[str, Any],
+        *,
+        portrait: MediaRef,
+        audio: MediaRef,
+        index: int,
+        origin: Origin,
+        outputs: tuple[str, ...],
+    ) -> Job:
+        """The job of checked field values, as `dict(JobFields)` gives them; `values` is
+        used up (its media text replaced by the references)."""
         values.update(portrait=portrait, audio=audio)
         return cls(**values, index=index, origin=origin, outputs=outputs)
 

@@ -11,15 +11,15 @@ import base64
 import binascii
 import hashlib
 import io
+import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
-
-from PIL import Image
 
 from avatarbatch import catalog
 from avatarbatch.manifest import paths
@@ -146,6 +146,9 @@ def probe_image(data: bytes) -> MediaInfo:
         raise ProbeError(
             f"is {len(data) / 1e6:.1f} MB; the limit is {catalog.IMAGE_MAX_BYTES / 1e6:.0f} MB"
         )
+    # Imported here: a run whose media the state file has probed already never needs it.
+    from PIL import Image
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -250,11 +253,26 @@ def _reason(exc: Exception) -> str:
     return text[:120]
 
 
-class Prober:
-    """Probes each distinct (file, role) once per invocation and remembers the outcome."""
+#: A local file as probed: (absolute path, role, size, mtime_ns)
+ProbeKey = tuple[str, str, int, int]
 
-    def __init__(self) -> None:
+
+class ProbeCache(Protocol):
+    """What earlier invocations found probing local files (the engine keeps it in the state
+    file; `validate` has none). Only files that passed are remembered."""
+
+    def recall(self, key: ProbeKey) -> MediaInfo | None: ...
+
+    def remember(self, key: ProbeKey, info: MediaInfo) -> None: ...
+
+
+class Prober:
+    """Probes each distinct (file, role) once per invocation and remembers the outcome;
+    with a `cache`, a local file unchanged since an earlier invocation is not read at all."""
+
+    def __init__(self, cache: ProbeCache | None = None) -> None:
         self._results: dict[tuple[str, str], MediaInfo | ProbeError] = {}
+        self._cache = cache
         self.reads = 0
 
     def probe(self, ref: MediaRef, role: str) -> MediaInfo:
@@ -268,6 +286,17 @@ class Prober:
         return result
 
     def _probe_uncached(self, ref: MediaRef, role: str) -> MediaInfo | ProbeError:
+        key = _file_key(ref, role) if self._cache is not None else None
+        if key is not None and self._cache is not None:
+            known = self._cache.recall(key)
+            if known is not None:
+                return known
+        result = self._probe_file(ref, role)
+        if key is not None and self._cache is not None and isinstance(result, MediaInfo):
+            self._cache.remember(key, result)
+        return result
+
+    def _probe_file(self, ref: MediaRef, role: str) -> MediaInfo | ProbeError:
         self.reads += 1
         limit = catalog.IMAGE_MAX_BYTES if role == "portrait" else catalog.AUDIO_MAX_BYTES
         try:
@@ -275,3 +304,16 @@ class Prober:
             return probe_image(data) if role == "portrait" else probe_audio(data)
         except (ProbeError, MediaRefError) as exc:
             return ProbeError(str(exc))
+
+
+def _file_key(ref: MediaRef, role: str) -> ProbeKey | None:
+    """A local regular file's cache key; None for anything else (it is probed as ever)."""
+    if not ref.is_local:
+        return None
+    try:
+        found = os.stat(ref.value)  # noqa: PTH116 - size and mtime in one call
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(found.st_mode):
+        return None
+    return (ref.value, role, found.st_size, found.st_mtime_ns)

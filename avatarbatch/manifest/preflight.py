@@ -7,14 +7,23 @@ others, so 300 rows sharing one broken portrait give one error, not 300.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 from avatarbatch import catalog
 from avatarbatch.manifest.document import read_manifest
 from avatarbatch.manifest.job import Job, Manifest
-from avatarbatch.manifest.media import MediaInfo, MediaKind, MediaRef, ProbeError, Prober
+from avatarbatch.manifest.media import (
+    MediaInfo,
+    MediaKind,
+    MediaRef,
+    ProbeCache,
+    ProbeError,
+    Prober,
+)
 from avatarbatch.manifest.problems import Problems, plural
 
 EXTENSIONS = {
@@ -40,46 +49,72 @@ class Preflight:
         return self.manifest is not None and not self.problems.errors
 
 
-def preflight(path: Path, prober: Prober | None = None) -> Preflight:
-    """Check the manifest at `path` and every local file it names."""
+def preflight(
+    path: Path,
+    prober: Prober | None = None,
+    *,
+    cache: Callable[[Manifest], ProbeCache | None] | None = None,
+) -> Preflight:
+    """Check the manifest at `path` and every local file it names.
+
+    `cache`: gives the probes earlier runs of this manifest made (the engine's, from the
+    state file the manifest leads to), for a Prober made here.
+    """
     problems = Problems()
     manifest = read_manifest(path, problems)
     result = Preflight(manifest, problems)
     if manifest is not None:
-        _check_media(manifest.jobs, prober or Prober(), result)
+        if prober is None:
+            prober = Prober(None if cache is None else cache(manifest))
+        _check_media(manifest.jobs, prober, result)
     return result
 
 
 def _check_media(jobs: tuple[Job, ...], prober: Prober, result: Preflight) -> None:
-    users: dict[tuple[str, str], list[Job]] = defaultdict(list)
-    unmeasured: list[Job] = []
-    for job in jobs:
-        for role, ref in (("portrait", job.portrait), ("audio", job.audio)):
+    first_user: dict[tuple[str, str], Job] = {}
+    users: Counter[tuple[str, str]] = Counter()
+    unmeasured, remote = 0, None  # jobs with audio of unknown length, and the first of them
+    for role in ("portrait", "audio"):
+        # Jobs share their MediaRef objects: count each one's users (in C), find its first
+        # user (usually among the first rows), and look at each distinct reference once.
+        get = attrgetter(role)
+        counts = Counter(map(id, map(get, jobs)))
+        firsts: dict[int, Job] = {}
+        for job in jobs:
+            if id(get(job)) not in firsts:
+                firsts[id(get(job))] = job
+                if len(firsts) == len(counts):
+                    break
+        for ref_id, job in firsts.items():
+            ref, count = get(job), counts[ref_id]
+            if role == "audio" and not ref.is_local:
+                unmeasured += count
+                remote = job if remote is None or job.index < remote.index else remote
             if ref.is_local or ref.is_inline:
-                users[(ref.value, role)].append(job)
-        if not job.audio.is_local:
-            unmeasured.append(job)
-    for (_, role), using in users.items():
-        first = using[0]
+                key = (ref.value, role)
+                users[key] += count
+                if key not in first_user or job.index < first_user[key].index:
+                    first_user[key] = job
+    for key, first in sorted(first_user.items(), key=lambda item: item[1].index):
+        role = key[1]
         ref = getattr(first, role)
         try:
             info = prober.probe(ref, role)
         except ProbeError as exc:
-            others = (
-                f" (also used by {plural(len(using) - 1, 'other job')})" if len(using) > 1 else ""
-            )
+            using = users[key]
+            others = f" (also used by {plural(using - 1, 'other job')})" if using > 1 else ""
             result.problems.error(
                 first.origin, f"{_describe(ref)} {exc}{others}", job=first.id, field=role
             )
             continue
         result.media[ref.value] = info
         _warn_about(ref, role, info, first, result.problems)
-    if unmeasured:
+    if remote is not None:
         result.problems.warning(
-            unmeasured[0].origin,
-            f"{plural(len(unmeasured), 'job')} {'uses' if len(unmeasured) == 1 else 'use'} remote "
+            remote.origin,
+            f"{plural(unmeasured, 'job')} {'uses' if unmeasured == 1 else 'use'} remote "
             "or stored audio: its length, and so the cost, is unknown until the video is rendered",
-            job=unmeasured[0].id,
+            job=remote.id,
             field="audio",
         )
 

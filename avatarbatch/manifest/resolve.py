@@ -24,8 +24,9 @@ from avatarbatch.manifest.fields import (
 from avatarbatch.manifest.job import Job
 from avatarbatch.manifest.media import MediaRef, MediaRefError, parse_ref
 from avatarbatch.manifest.problems import Origin, Problems, shorten
+from avatarbatch.manifest.quick import QuickCheck
 from avatarbatch.manifest.rows import RawRow, consumed
-from avatarbatch.manifest.templates import TemplateError, output_name, render
+from avatarbatch.manifest.templates import DEFAULT_FILENAME, TemplateError, output_name, render
 
 
 class Resolver:
@@ -41,6 +42,7 @@ class Resolver:
         # Big batches name a few files many times: classify and resolve each once, and let
         # the jobs share the MediaRef (parsing was a large share of a big rerun's time).
         self._refs: dict[tuple[str, str, Path], MediaRef] = {}
+        self._quick = QuickCheck()
 
     def _ref(self, text: str, role: str, written_in: Path) -> MediaRef:
         """`text` as a media reference, relative to the file it was written in; parsed once.
@@ -74,7 +76,11 @@ class Resolver:
                 first_seen[job_id] = raw.origin
             if job is None:
                 continue
-            clash = next((name for name in job.outputs if name in outputs), None)
+            clash = None
+            for name in job.outputs:
+                if name in outputs:
+                    clash = name
+                    break
             if clash is not None:
                 self.problems.error(
                     job.origin,
@@ -83,7 +89,8 @@ class Resolver:
                     job=job.id,
                 )
                 continue
-            outputs.update(dict.fromkeys(job.outputs, job))
+            for name in job.outputs:
+                outputs[name] = job
             jobs.append(job)
         return jobs
 
@@ -93,31 +100,37 @@ class Resolver:
         known_id: str | None = None
         values = dict(raw.values)
         job_vars = {
-            name.removeprefix(VARS_PREFIX): as_text(value)
+            name[_VARS_AT:]: value if type(value) is str else as_text(value)
             for name, value in values.items()
             if name.startswith(VARS_PREFIX) and value is not None
         }
-        context: dict[str, object] = {**job_vars, **raw.axes, "index": index}
         ok = True
         templated: set[str] = set()  #: fields whose value templating changed
-        for name in TEMPLATED_FIELDS:
-            value = values.get(name)
-            if not isinstance(value, str):
-                continue
-            if name != "id" and "id" not in context:
-                context["id"] = self._job_id(values, raw, label)
-            try:
-                values[name] = render(value, context)
-            except TemplateError as exc:
-                self._error(raw, name, str(exc), label)
-                ok = False
-                continue
-            if values[name] != value:
-                templated.add(name)
-            if name == "id":
-                context["id"] = values["id"]
-                if is_valid_id(values["id"].strip()):
-                    label = known_id = values["id"].strip()
+        if _braced(values):
+            context: dict[str, object] = {**job_vars, **raw.axes, "index": index}
+            for name in TEMPLATED_FIELDS:
+                value = values.get(name)
+                if not isinstance(value, str):
+                    continue
+                if name != "id" and "id" not in context:
+                    context["id"] = self._job_id(values, raw, label)
+                try:
+                    values[name] = render(value, context)
+                except TemplateError as exc:
+                    self._error(raw, name, str(exc), label)
+                    ok = False
+                    continue
+                if values[name] != value:
+                    templated.add(name)
+                if name == "id":
+                    context["id"] = values["id"]
+                    if is_valid_id(values["id"].strip()):
+                        label = known_id = values["id"].strip()
+        else:
+            # Nothing to fill in (most rows of a big batch): what the loop concludes then.
+            given = values.get("id")
+            if isinstance(given, str) and is_valid_id(given.strip()):
+                label = known_id = given.strip()
         if not ok:
             return None, known_id
         if values.get("id") is None:
@@ -126,7 +139,7 @@ class Resolver:
         fields = self._validate(values, job_vars, raw, label, templated)
         if fields is None:
             return None, known_id
-        return self._job(fields, raw, index), fields.id
+        return self._job(fields, raw, index), fields["id"]
 
     def _job_id(self, values: dict[str, Any], raw: RawRow, label: str) -> str:
         given = values.get("id")
@@ -153,8 +166,9 @@ class Resolver:
         raw: RawRow,
         label: str,
         templated: set[str],
-    ) -> JobFields | None:
-        data: dict[str, Any] = {k: values[k] for k in SCALAR_FIELDS if values.get(k) is not None}
+    ) -> dict[str, Any] | None:
+        """The row's checked field values, as `dict(JobFields)` gives them; None on errors."""
+        data: dict[str, Any] = {k: v for k in SCALAR_FIELDS if (v := values.get(k)) is not None}
         safety = {
             k[7:]: values[k]
             for k in ("safety.check_content", "safety.mode")
@@ -163,8 +177,11 @@ class Resolver:
         if safety:
             data["safety"] = safety
         data["vars"] = job_vars
+        quick = self._quick.values(data)
+        if quick is not None:
+            return quick
         try:
-            return JobFields.model_validate(data)
+            return dict(JobFields.model_validate(data))
         except ValidationError as exc:
             for error in exc.errors():
                 name = ".".join(str(part) for part in error["loc"][:2])
@@ -174,29 +191,30 @@ class Resolver:
                 self._error(raw, name, message, label)
             return None
 
-    def _job(self, fields: JobFields, raw: RawRow, index: int) -> Job | None:
+    def _job(self, fields: dict[str, Any], raw: RawRow, index: int) -> Job | None:
         refs: dict[str, MediaRef] = {}
+        job_id: str = fields["id"]
         for role in ("portrait", "audio"):
             origin = raw.origins.get(role, raw.origin)
             try:
-                refs[role] = self._ref(getattr(fields, role), role, origin.file)
+                refs[role] = self._ref(fields[role], role, origin.file)
             except MediaRefError as exc:
-                self._error(raw, role, f"{shorten(getattr(fields, role))}: {exc}", fields.id)
-        ext = fields.output_format.lower()
+                self._error(raw, role, f"{shorten(fields[role])}: {exc}", job_id)
+        ext = fields["output_format"].lower()
+        results: int = fields["number_results"]
         try:
-            outputs = output_name(
-                self.filename,
-                {**fields.vars, "id": fields.id, "index": index, "ext": ext},
-                fields.number_results,
-            )
+            if self.filename == DEFAULT_FILENAME and results == 1 and job_id[0] != ".":
+                # What output_name makes of it: a valid id is a safe file name (but a hidden one).
+                outputs: list[str] = [f"{job_id}.{ext}"]
+            else:
+                values = {**fields["vars"], "id": job_id, "index": index, "ext": ext}
+                outputs = output_name(self.filename, values, results)
         except TemplateError as exc:
-            self.problems.error(
-                self.filename_origin, str(exc), job=fields.id, field="output.filename"
-            )
+            self.problems.error(self.filename_origin, str(exc), job=job_id, field="output.filename")
             return None
         if len(refs) < 2:
             return None
-        return Job.from_fields(
+        return Job.from_values(
             fields,
             portrait=refs["portrait"],
             audio=refs["audio"],
@@ -208,6 +226,18 @@ class Resolver:
     def _error(self, raw: RawRow, name: str, message: str, job: str) -> None:
         origin = raw.origins.get(name, raw.origin)
         self.problems.error(origin, message, job=job, field=name)
+
+
+_VARS_AT = len(VARS_PREFIX)
+
+
+def _braced(values: dict[str, Any]) -> bool:
+    """Whether templating may change a value (`render` leaves text without braces alone)."""
+    for name in TEMPLATED_FIELDS:
+        value = values.get(name)
+        if isinstance(value, str) and ("{" in value or "}" in value):
+            return True
+    return False
 
 
 def as_text(value: Any) -> str:

@@ -31,19 +31,23 @@ MAX_JOBS = 1_000_000
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(slots=True)
 class RawRow:
     origin: Origin  #: where the row (or matrix block) starts
     values: dict[str, Any] = field(default_factory=dict)
+    #: where each value was written, where that is not `origin` (a CSV row's are all there)
     origins: dict[str, Origin] = field(default_factory=dict)
     axes: dict[str, str] = field(default_factory=dict)  #: matrix values of fields, for templates
 
     def merged_over(self, base: RawRow) -> RawRow:
         """This row with `base` (the defaults) filling in whatever it does not set."""
+        if not (base.values or base.origins or base.axes):
+            return self  # no defaults (a plain CSV): no copy per row
+        # Each of this row's values was written at its row, unless `origins` says otherwise.
         return RawRow(
             self.origin,
             {**base.values, **self.values},
-            {**base.origins, **self.origins},
+            {**base.origins, **dict.fromkeys(self.values, self.origin), **self.origins},
             {**base.axes, **self.axes},
         )
 
@@ -164,18 +168,22 @@ def csv_columns(
     return columns
 
 
-def row_from_csv(record: CsvRow, path: Path, columns: dict[str, str]) -> RawRow:
+def row_from_csv(record: CsvRow, path: Path, columns: list[tuple[int, str]]) -> RawRow:
     """A CSV record as a row; an empty cell means "use the default".
 
-    `csv_columns` has already checked every name once for the whole file, and a cell is
-    always a single string, so no per-cell checks remain: a big file would pay for them per row.
+    `columns`: each usable column's position and flat field name (`csv_columns`, which has
+    checked every name once for the whole file). A cell is always a single string, so no
+    per-cell checks remain: a big file would pay for them per row.
     """
     origin = Origin(path, record.line)
     cells = record.cells
+    count = len(cells)
     values = {
-        name: cell for column, name in columns.items() if (cell := cells.get(column, "")).strip()
+        name: cell
+        for position, name in columns
+        if position < count and (cell := cells[position]) and not cell.isspace()
     }
-    return RawRow(origin, values, dict.fromkeys(values, origin))
+    return RawRow(origin, values)
 
 
 def expand_matrix(

@@ -12,7 +12,7 @@ import codecs
 import csv
 import io
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ from avatarbatch.errors import ManifestError
 from avatarbatch.manifest import paths
 from avatarbatch.manifest.problems import Origin, Problems, plural, shorten
 
-MAX_MANIFEST_BYTES = 64_000_000
+MAX_MANIFEST_BYTES = 64_000_000  #: a YAML manifest: its parsed nodes take many times that
+#: a CSV of MAX_JOBS rows of about 250 characters (a million rows of a typical batch are ~90 MB)
+MAX_CSV_BYTES = 256_000_000
 MAX_YAML_DEPTH = 50
 PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 CSV_DELIMITERS = (",", ";", "\t")
@@ -54,10 +56,10 @@ def fail(origin: Origin, message: str) -> ManifestError:
     return ManifestError(problems.items)
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path, limit: int = MAX_MANIFEST_BYTES) -> str:
     """The file's text, decoded; any reason it cannot be read becomes a located ManifestError."""
     try:
-        data = paths.read_regular_file(path, MAX_MANIFEST_BYTES)
+        data = paths.read_regular_file(path, limit)
     except paths.UnreadableFile as exc:
         raise fail(Origin(path), str(exc)) from None
     return decode(data, path)
@@ -187,7 +189,9 @@ class _Converter:
 @dataclass(frozen=True, slots=True)
 class CsvRow:
     line: int
-    cells: dict[str, str]
+    #: in the header's order; a short row has fewer (a list: far smaller than a dict by name,
+    #: at a million rows)
+    cells: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,42 +204,83 @@ class CsvTable:
 def parse_csv(
     text: str, path: Path, is_column: Callable[[str], bool] = lambda _name: True
 ) -> CsvTable:
+    """Header and rows of a CSV file (see `CsvReader`), all at once."""
+    reader = CsvReader(text, path, is_column)
+    return CsvTable(reader.header, reader.header_line, list(reader))
+
+
+class CsvReader:
     """Header and rows of a CSV file; blank lines and lines starting with # are skipped.
+
+    The header is read at once; the rows one at a time, so that a big file's rows need not
+    all exist twice over (as records, then as whatever they are turned into). A bad row
+    raises ManifestError when it is reached.
 
     The delimiter (comma, semicolon or tab) is taken from the header line, since spreadsheets
     in many locales export semicolons. A header that splits into one column which is no known
     column (`is_column`) was written with some other delimiter: it is refused at the header,
     rather than reported as one long unknown column and then a missing field on every row.
     """
-    first_line = text.split("\n", 1)[0]
-    delimiter = max(CSV_DELIMITERS, key=first_line.count)
-    csv.field_size_limit(MAX_CSV_CELL)  # inline base64 portraits are long cells
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    header: list[str] | None = None
-    header_line = 0
-    rows: list[CsvRow] = []
-    next_line = 1
-    try:
-        for record in reader:
-            line, next_line = next_line, reader.line_num + 1
-            if not any(cell.strip() for cell in record) or record[0].lstrip().startswith("#"):
-                continue
-            if header is None:
-                header = _check_header(record, Origin(path, line), is_column)
-                header_line = line
-                continue
-            if len(record) > len(header):
+
+    def __init__(
+        self, text: str, path: Path, is_column: Callable[[str], bool] = lambda _name: True
+    ) -> None:
+        end = text.find("\n")
+        first_line = text if end < 0 else text[:end]
+        delimiter = max(CSV_DELIMITERS, key=first_line.count)
+        csv.field_size_limit(MAX_CSV_CELL)  # inline base64 portraits are long cells
+        self.path = path
+        self._reader = csv.reader(_lines(text), delimiter=delimiter, strict=True)
+        self._records = self._lines()
+        self.header: list[str] = []
+        self.header_line = 0
+        for line, record in self._records:
+            self.header = _check_header(record, Origin(path, line), is_column)
+            self.header_line = line
+            break
+        else:
+            raise fail(Origin(path), "has no header row")
+
+    def _lines(self) -> Iterator[tuple[int, list[str]]]:
+        """(line, record) of each record that is not blank or a comment."""
+        reader = self._reader
+        next_line = 1
+        try:
+            for record in reader:
+                line, next_line = next_line, reader.line_num + 1
+                first = record[0].lstrip() if record else ""
+                if first.startswith("#") or not (first or any(cell.strip() for cell in record)):
+                    continue
+                yield line, record
+        except csv.Error as exc:
+            raise fail(Origin(self.path, reader.line_num), f"invalid CSV: {exc}") from None
+
+    def __iter__(self) -> Iterator[CsvRow]:
+        columns = len(self.header)
+        for line, record in self._records:
+            if len(record) > columns:
                 raise fail(
-                    Origin(path, line),
-                    f"row has {len(record)} cells but the header has "
-                    f"{plural(len(header), 'column')}",
+                    Origin(self.path, line),
+                    f"row has {len(record)} cells but the header has {plural(columns, 'column')}",
                 )
-            rows.append(CsvRow(line, dict(zip(header, record, strict=False))))
-    except csv.Error as exc:
-        raise fail(Origin(path, reader.line_num), f"invalid CSV: {exc}") from None
-    if header is None:
-        raise fail(Origin(path), "has no header row")
-    return CsvTable(header, header_line, rows)
+            yield CsvRow(line, record)
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text` as `io.StringIO(text, newline="")` gives them, for csv.reader.
+
+    Sliced from the text itself: a StringIO holds its own copy, four bytes a character,
+    which for a CSV of a million rows was a third of the peak memory of reading it.
+    """
+    if text.count("\r") != text.count("\r\n"):  # lines that end in a lone CR: rare
+        yield from io.StringIO(text, newline="")
+        return
+    start, size = 0, len(text)
+    while start < size:
+        end = text.find("\n", start)
+        end = size if end < 0 else end + 1
+        yield text[start:end]
+        start = end
 
 
 def _check_header(record: list[str], origin: Origin, is_column: Callable[[str], bool]) -> list[str]:

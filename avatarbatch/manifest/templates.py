@@ -14,6 +14,7 @@ PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 MAX_RENDERED_CHARS = 100_000
 SAFE_PATH_PART = re.compile(r'^[^\x00-\x1f\\/:*?"<>|]+$')
 MAX_PATH_PART = 200
+DEFAULT_FILENAME = "{id}.{ext}"  #: `output.filename` unless the manifest says otherwise
 
 
 class TemplateError(ValueError):

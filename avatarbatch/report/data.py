@@ -150,6 +150,20 @@ def tally_by_status(rows: Iterable[Tallied]) -> StatusTally:
     return tally
 
 
+def tally_of(store: StateStore, ids: Iterable[str]) -> StatusTally:
+    """`tally_by_status` of these jobs, summed by SQL: no job is read one by one."""
+    tally = StatusTally()
+    for status, (jobs, audio, estimated, actual, unknown) in store.status_totals(ids).items():
+        tally.groups[status] = Totals(
+            jobs=jobs,
+            audio_seconds=audio,
+            estimated_cost=estimated,
+            actual_cost=actual,
+            unknown_cost_jobs=unknown,
+        )
+    return tally
+
+
 @dataclass
 class ReportData:
     manifest: str

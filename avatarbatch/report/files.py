@@ -19,6 +19,7 @@ from avatarbatch.manifest.document import Manifest
 from avatarbatch.manifest.problems import plural
 from avatarbatch.money import MONEY_PLACES, money
 from avatarbatch.plan import SECONDS_PLACES, Totals
+from avatarbatch.report import stamp
 from avatarbatch.report.data import (
     DELIVERED,
     MISMATCH_RATIO,
@@ -50,6 +51,7 @@ def write_reports(
 
     `overview`: the state file's jobs, if the caller has just read them.
     """
+    taken = stamp.stamp(manifest, store, output_dir)
     data = build_report(
         manifest.jobs,
         store,
@@ -85,7 +87,17 @@ def write_reports(
     if not failed and "failures.yaml" in owned:  # never a failures.yaml we did not write
         (output_dir / "failures.yaml").unlink(missing_ok=True)
         store.disown_files(["failures.yaml"])
+    stamp.record(store, output_dir, taken, written)
     return data
+
+
+def write_reports_if_changed(manifest: Manifest, store: StateStore, output_dir: Path) -> str:
+    """Write the reports unless those on disk are current (`stamp`); returns report.md's text."""
+    current = stamp.current_summary(manifest, store, output_dir)
+    if current is not None:
+        log.debug("reports in %s are current; not written again", output_dir)
+        return current
+    return summary_markdown(write_reports(manifest, store, output_dir))
 
 
 def report_files(data: ReportData, *, failed: bool | None = None) -> list[str]:

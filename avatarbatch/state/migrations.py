@@ -121,3 +121,13 @@ def _ledger_from_events(db: Database) -> list[tuple[Any, ...]]:
             if task[1] == job_id and task[0] != latest and task[4] != TaskStatus.BILLED.value:
                 task[4], task[6] = TaskStatus.UNBILLED.value, 0.0
     return [(*task, task[-1]) for task in tasks.values()]
+
+
+@migration
+def m003_media_probes(db: Database) -> None:
+    """media_probes: what probing each local media file found, by path, role, size and mtime,
+    so that a rerun does not read and decode the same files again."""
+    db.execute("""CREATE TABLE media_probes (
+        path TEXT NOT NULL, role TEXT NOT NULL, bytes INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL, info TEXT NOT NULL, probed_at REAL NOT NULL,
+        PRIMARY KEY (path, role))""")

@@ -8,6 +8,10 @@ row and appends to `events` together, so a SIGKILL at any instant leaves the old
 new one, never half of each; `BEGIN IMMEDIATE` takes the write lock before the reads that
 decide a write (is this move legal? is this job new?), so those reads cannot go stale.
 
+During a run the writes come through `writer.StateWriter`, which applies many of these
+methods in one transaction, each in a savepoint (`StateDatabase.group`): the unit that lands
+or not is still one method's whole change, and the caller waits for the commit.
+
 WAL mode lets readers (`avatarbatch status`, Datasette) look while a run writes.
 `synchronous=FULL` makes each commit survive a power cut as well as a crash: it costs one
 fsync per transition (a fraction of a millisecond on an SSD), nothing next to a paid video,
@@ -35,11 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
+from avatarbatch.state import matching
 from avatarbatch.state.codec import FLOAT_FIELDS, JSON_FIELDS, column_value, dumps, to_float
 from avatarbatch.state.database import make_private
 from avatarbatch.state.files import FilesStore
 from avatarbatch.state.ledger import LedgerStore
 from avatarbatch.state.migrations import MIGRATIONS, Migration, m001_initial, m002_ledger
+from avatarbatch.state.probes import REMEMBER_PROBES, encoded
 from avatarbatch.state.records import (
     OPEN_TASK_STATUSES,
     STATUS_BY_VALUE,
@@ -58,7 +64,8 @@ from avatarbatch.state.records import (
 )
 
 if TYPE_CHECKING:
-    from avatarbatch.plan import StoredJob
+    from avatarbatch.manifest.media import MediaInfo, ProbeKey
+    from avatarbatch.plan import PlanStatus, StoredJob
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -94,7 +101,6 @@ _UPSERT_JOB = """
         estimated_cost = ?6, status = 'pending', updated_at = ?7, attempts = 0,
         task_uuid = NULL, results = '[]', actual_cost = NULL, error_code = NULL,
         error_message = NULL, image_input = NULL, audio_input = NULL, submitted_at = NULL"""
-_DROPPED_ON_CHANGE = ("old_spec_hash", "old_status", "attempts", "task_uuid", "actual_cost")
 _TRANSITION_FIELDS = frozenset(
     {"task_uuid", "attempts", "error_code", "error_message", "image_input", "audio_input"}
     | JSON_FIELDS
@@ -216,40 +222,94 @@ class StateStore(LedgerStore, FilesStore):
         attempts, task, results, cost or error, but keeps `outputs`: the old video stays in
         place until the new one has arrived. The "changed" event keeps what was dropped.
         """
-        specs = list(specs)
-        ids = json.dumps([spec.id for spec in specs])
+        rows = [
+            (s.id, s.spec_hash, s.model, s.number_results, to_float(s.audio_seconds),
+             to_float(s.estimated_cost))
+            for s in specs
+        ]  # fmt: skip
         with self._transaction() as db:
-            stored = {
-                row[0]: row[1:]
-                for row in db.execute(
-                    "SELECT id, spec_hash, status, attempts, task_uuid, actual_cost FROM jobs "
-                    "WHERE id IN (SELECT value FROM json_each(?))",
-                    [ids],
-                )
-            }
+            # SQL finds the new and changed jobs: a rerun's unchanged ones never reach Python.
+            differ = matching.differences(db.conn, rows)
             now = self._clock()
-            rows: list[tuple[Any, ...]] = []
-            events: list[tuple[Any, ...]] = []
-            for spec in specs:
-                old = stored.get(spec.id)
-                if old is not None and old[0] == spec.spec_hash:
-                    continue
-                detail = {"spec_hash": spec.spec_hash}
-                if old is not None:
-                    detail |= dict(zip(_DROPPED_ON_CHANGE, old, strict=True))
-                kind = "created" if old is None else "changed"
-                events.append((now, spec.id, kind, dumps(detail)))
-                floats = to_float(spec.audio_seconds), to_float(spec.estimated_cost)
-                rows.append(
-                    (spec.id, spec.spec_hash, spec.model, spec.number_results, *floats, now)
-                )
-                stored[spec.id] = (spec.spec_hash, JobStatus.PENDING.value, 0, None, None)
-            db.conn.executemany(_UPSERT_JOB, rows)
+            db.conn.executemany(_UPSERT_JOB, [(*r, now) for r in matching.changed(rows, differ)])
             db.conn.executemany(
-                "INSERT INTO events (at, job_id, kind, detail) VALUES (?, ?, ?, ?)", events
+                "INSERT INTO events (at, job_id, kind, detail) VALUES (?, ?, ?, ?)",
+                matching.change_events(differ, now),
             )
-        # Statuses, not records: decoding every record again would cost more than all the rest.
-        return {spec.id: JobStatus(stored[spec.id][1]) for spec in specs}
+            # Statuses, not records: decoding every record again cost more than all the rest.
+            statuses = {
+                job_id: STATUS_BY_VALUE[status] for job_id, status in matching.statuses(db.conn)
+            }
+        return {row[0]: statuses[row[0]] for row in rows}
+
+    def plan_statuses(
+        self, hashes: Iterable[tuple[str, str]], damaged: Iterable[str] = ()
+    ) -> dict[str, PlanStatus]:
+        """`plan.build_plan`'s lookup: the plan status of each (job id, spec hash) that is not
+        DONE; the jobs left out are done with this very spec, as every job of a rerun is.
+
+        `damaged`: done jobs whose video is not as downloaded (REFETCH when unchanged).
+        """
+        from avatarbatch.plan import PlanStatus  # see planning_view
+
+        hashes = list(hashes)
+        with self._readable(), matching.scratch(self._db.conn) as conn:
+            found = matching.plan_statuses(conn, hashes)
+        statuses = {job_id: PlanStatus(status) for job_id, status in found}
+        damaged = set(damaged)
+        if damaged:
+            rerun = (PlanStatus.NEW, PlanStatus.CHANGED)  # a new video comes anyway
+            manifest = {job_id for job_id, _ in hashes}
+            for job_id in damaged & manifest:
+                if statuses.get(job_id) not in rerun:
+                    statuses[job_id] = PlanStatus.REFETCH
+        return statuses
+
+    def unfinished(self, *, failed: bool = False) -> dict[str, JobStatus]:
+        """Jobs not done or failed (failed ones too, if `failed`), by id, in insertion order."""
+        finished = [JobStatus.DONE.value] + ([] if failed else [JobStatus.FAILED.value])
+        with self._readable():
+            rows = self._db.execute(matching.UNFINISHED, [json.dumps(finished)])
+            return {job_id: JobStatus(status) for job_id, status in rows}
+
+    def status_totals(self, ids: Iterable[str]) -> dict[str, tuple[int, float, float, float, int]]:
+        """Per status, over these jobs: count, audio seconds, estimate, actual cost, and how
+        many have no estimate; summed by SQL, for a summary that needs no job by job view."""
+        with self._readable(), matching.scratch(self._db.conn) as conn:
+            return matching.status_totals(conn, ids)
+
+    def change_mark(self) -> str:
+        """Changes whenever a job, the ledger or the jobs' files do: every such write appends
+        to `events` (the counts catch writes made by hand, as bench/done_state.py does)."""
+        return ":".join(str(value) for value in self._db.execute(matching.MARK).fetchone())
+
+    def file_stats(self, paths: Iterable[str]) -> dict[str, tuple[int | None, int | None]]:
+        """The recorded (bytes, mtime_ns) of these owned files; unknown paths left out."""
+        rows = self._db.execute(
+            "SELECT path, bytes, mtime_ns FROM files "
+            "WHERE path IN (SELECT value FROM json_each(?))",
+            [json.dumps(list(paths))],
+        )
+        return {path: (size, mtime) for path, size, mtime in rows}
+
+    def record_written(self, files: Iterable[OwnedFile], key: str, value: str) -> None:
+        """Files just written (with their size and mtime) and a meta value, in one commit."""
+        with self._transaction() as db:
+            self._own(files, None)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+
+    def remember_probes(self, probes: Iterable[tuple[ProbeKey, MediaInfo]]) -> None:
+        """Keep media probes for later runs (see `state/probes.py`)."""
+        now = self._clock()
+        rows = [(*key, encoded(info), now) for key, info in probes]
+        if not rows:
+            return
+        with self._transaction() as db:
+            db.conn.executemany(REMEMBER_PROBES, rows)
 
     def transition(
         self,
