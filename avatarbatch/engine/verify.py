@@ -8,10 +8,14 @@ close-delimited body that ended early. So a saved result is checked, cheapest fi
 2. its structure, in pure Python: MP4/MOV top-level boxes must tile the file exactly (a cut
    file ends inside a box, however intact its header), WebM must start with the EBML magic
    and its Segment must fit in the file;
-3. ffmpeg reads it (there is no ffprobe in imageio-ffmpeg, so `ffmpeg -i` without an output):
-   the container, a video stream and the duration must be what the job asked for.
+3. the container, a video stream and the duration must be what the job asked for. For
+   MP4/MOV `iso_boxes` reads them from the `moov` box in pure Python: a subprocess per
+   download costs more CPU than everything else the client does for a job. WebM, a moov
+   too big to read at once, and a moov that declares no duration (fragmented files) are
+   read by ffmpeg instead (there is no ffprobe in imageio-ffmpeg, so `ffmpeg -i` without an
+   output).
 
-`verify_video` blocks (file reads and a subprocess); async callers run it with
+`verify_video` blocks (file reads, sometimes a subprocess); async callers run it with
 `asyncio.to_thread`.
 """
 
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import imageio_ffmpeg
+
+from avatarbatch.engine.iso_boxes import BoxError, Movie, read_movie
 
 __all__ = ["DURATION_TOLERANCE", "FFMPEG_TIMEOUT", "VideoCheckError", "VideoFacts", "verify_video"]
 
@@ -60,7 +66,7 @@ class VideoFacts:
     """What a verified file turned out to be."""
 
     container: str  #: the format as a manifest names it: "MP4", "WEBM" or "MOV"
-    video_codec: str  #: ffmpeg's codec name, e.g. "h264", "vp9"
+    video_codec: str  #: ffmpeg's codec name, e.g. "h264", "vp9" (also when read without it)
     seconds: float | None  #: the container's duration; None if it declares none
     size_bytes: int
 
@@ -89,10 +95,14 @@ def verify_video(
         raise VideoCheckError("the file is empty (0 bytes)")
     try:
         with path.open("rb") as handle:
-            _check_structure(handle, size, output_format)
+            movie = _check_structure(handle, size, output_format)
     except OSError as exc:
         raise VideoCheckError(f"cannot read the file: {exc.strerror or exc}") from exc
-    codec, seconds = _probe(path, output_format)
+    seconds: float | None
+    if movie is not None and movie.seconds is not None:
+        codec, seconds = movie.video_codec, movie.seconds
+    else:
+        codec, seconds = _probe(path, output_format)
     if expected_seconds is not None:
         _check_duration(seconds, expected_seconds, tolerance)
     return VideoFacts(output_format, codec, seconds, size)
@@ -101,7 +111,8 @@ def verify_video(
 # --- structure ------------------------------------------------------------------------------------
 
 
-def _check_structure(handle: BinaryIO, size: int, output_format: str) -> None:
+def _check_structure(handle: BinaryIO, size: int, output_format: str) -> Movie | None:
+    """What the moov box says, for an MP4/MOV whose moov can be read at once; else None."""
     head = handle.read(PREVIEW_BYTES)
     family = _family(head)
     if family is None:
@@ -111,9 +122,9 @@ def _check_structure(handle: BinaryIO, size: int, output_format: str) -> None:
         found = MATROSKA_DEMUXER if family == "ebml" else ISO_DEMUXER
         raise VideoCheckError(f"container is {found}, expected {output_format.lower()}")
     if family == "iso":
-        _check_iso(handle, size, output_format)
-    else:
-        _check_webm(handle, size)
+        return _check_iso(handle, size, output_format)
+    _check_webm(handle, size)
+    return None
 
 
 def _family(head: bytes) -> str | None:
@@ -130,7 +141,7 @@ def _preview(head: bytes) -> str:
     return f"'{shown}'"
 
 
-def _check_iso(handle: BinaryIO, size: int, output_format: str) -> None:
+def _check_iso(handle: BinaryIO, size: int, output_format: str) -> Movie | None:
     boxes = _top_level_boxes(handle, size)
     for needed in (b"moov", b"mdat"):
         if needed not in boxes:
@@ -143,21 +154,25 @@ def _check_iso(handle: BinaryIO, size: int, output_format: str) -> None:
         raise VideoCheckError("container is mov (brand 'qt  '), expected mp4")
     if output_format == "MOV" and brand is not None and not is_quicktime:
         raise VideoCheckError(f"container is mp4 (brand {_preview(brand)}), expected mov")
+    try:
+        return read_movie(handle, *boxes[b"moov"])
+    except BoxError as exc:
+        raise VideoCheckError(str(exc)) from exc
 
 
-def _top_level_boxes(handle: BinaryIO, size: int) -> dict[bytes, int]:
-    """Offsets of the first box of each type; raises unless the boxes tile the file exactly.
+def _top_level_boxes(handle: BinaryIO, size: int) -> dict[bytes, tuple[int, int]]:
+    """(offset, length) of the first box of each type; raises unless the boxes tile the file.
 
     Truncation shows as the last box running past the end of the file, even when everything
     ffmpeg reads first (ftyp, a faststart moov) is intact.
     """
-    boxes: dict[bytes, int] = {}
+    boxes: dict[bytes, tuple[int, int]] = {}
     offset = 0
     while offset < size:
         if len(boxes) >= MAX_TOP_LEVEL_BOXES:
             raise VideoCheckError(f"corrupt: more than {MAX_TOP_LEVEL_BOXES:,} top-level boxes")
         kind, length = _box_at(handle, offset, size)
-        boxes.setdefault(kind, offset)
+        boxes.setdefault(kind, (offset, length))
         offset += length
     return boxes
 
@@ -190,11 +205,11 @@ def _box_at(handle: BinaryIO, offset: int, size: int) -> tuple[bytes, int]:
     return kind, length
 
 
-def _major_brand(handle: BinaryIO, boxes: dict[bytes, int]) -> bytes | None:
-    offset = boxes.get(b"ftyp")
-    if offset is None:
+def _major_brand(handle: BinaryIO, boxes: dict[bytes, tuple[int, int]]) -> bytes | None:
+    ftyp = boxes.get(b"ftyp")
+    if ftyp is None:
         return None
-    handle.seek(offset)
+    handle.seek(ftyp[0])
     header = handle.read(12)
     return header[8:12] if len(header) == 12 else None
 
