@@ -37,10 +37,11 @@ demo: install
 chaos: install
 	$(BIN)/python bench/chaos.py --jobs 200 --kills 5 --seed $(or $(SEED),7) --profile $(or $(PROFILE),default)
 
-# All four scenarios against the official SDK, a raw httpx loop and the ideal (~10 min);
-# writes bench/results.json and the figures in bench/README.md.
+# Every scenario, each contender three times, against the official SDK, a raw httpx loop,
+# the ideal and the floor (bench/README.md; about 60 min); writes bench/results.json and the
+# figures in bench/README.md. BENCH_ARGS passes options, e.g. BENCH_ARGS="--scenarios A".
 bench: install
-	$(BIN)/python bench/run_bench.py
+	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

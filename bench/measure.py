@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -27,6 +29,7 @@ class Measured:
     """What one finished child process cost."""
 
     wall_s: float
+    started_at: float  #: wall clock (time.time()) just before the command's process started
     cpu_s: float  #: user + system seconds of the child (and of any children it reaped)
     peak_rss_mb: float
     returncode: int
@@ -38,13 +41,16 @@ class Measured:
 # of the process that calls execve into the child's ru_maxrss, so a child started straight
 # from this driver (hundreds of MB after scenario C) would report the driver's peak as its
 # own. Started from this small interpreter instead, it reports only its own.
+# It also notes the wall clock just before the child starts, which the sandbox's clock of the
+# first POST it received is compared with (both processes read the same time.time()).
 _WRAPPER = """
-import json, os, subprocess, sys
+import json, os, subprocess, sys, time
+started = time.time()
 child = subprocess.Popen(sys.argv[2:])
 _, status, usage = os.wait4(child.pid, 0)
 with open(sys.argv[1], "w") as report:
     json.dump([os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime,
-               usage.ru_maxrss], report)
+               usage.ru_maxrss, started], report)
 """
 
 
@@ -68,17 +74,44 @@ def run_measured(
             check=False,
         )
         wall = time.perf_counter() - started
-        returncode, cpu, maxrss_kib = json.loads(Path(usage.name).read_text() or "[-1, 0, 0]")
+        report = Path(usage.name).read_text() or "[-1, 0, 0, 0]"
+        returncode, cpu, maxrss_kib, started_at = json.loads(report)
         stdout.seek(0)
         stderr.seek(0)
         return Measured(
             wall_s=wall,
+            started_at=started_at,
             cpu_s=cpu,
             peak_rss_mb=maxrss_kib / 1024,  # Linux reports KiB
             returncode=returncode,
             stdout=stdout.read().decode("utf-8", errors="replace"),
             stderr=stderr.read().decode("utf-8", errors="replace"),
         )
+
+
+def spread(values: Sequence[float], digits: int = 3) -> dict[str, Any]:
+    """A figure measured several times: its median, its range and every run, in order."""
+    ordered = sorted(values)
+    return {
+        "median": round(statistics.median(ordered), digits),
+        "min": round(ordered[0], digits),
+        "max": round(ordered[-1], digits),
+        "runs": [round(v, digits) for v in values],
+    }
+
+
+def spreads(runs: Sequence[Mapping[str, Any]], digits: int = 3) -> dict[str, Any]:
+    """The per-run figures of one contender (dicts of numbers, nested) as `spread`s."""
+    first = runs[0]
+    merged: dict[str, Any] = {}
+    for key, value in first.items():
+        if isinstance(value, Mapping):
+            merged[key] = spreads([run[key] for run in runs], digits)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            merged[key] = spread([float(run[key]) for run in runs], digits)
+        else:
+            merged[key] = value
+    return merged
 
 
 def checked(measured: Measured, what: str) -> Measured:

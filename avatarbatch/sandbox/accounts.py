@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -62,12 +63,17 @@ STATS_KEYS = (
 
 
 def stats(engine: Engine) -> dict[str, Any]:
-    """Requests by kind, POSTs by task type, tasks in flight, faults, webhooks."""
+    """Requests by kind, POSTs by task type, tasks in flight, faults, webhooks, and for
+    benchmarks: the wall clock (time.time()) of the first POST, and the CPU seconds of the
+    process serving the sandbox so far."""
     return {
         "requests": {key: engine.requests[key] for key in STATS_KEYS},
         "posts_with": {key: engine.posts_with[key] for key in STATS_KEYS[1:-1]},
         "peak_in_flight": engine.peak_in_flight,
         "in_flight": engine.in_flight,
+        "tasks": len(engine.tasks),
         "faults": dict(engine.faults.injected),
         "webhooks": engine.notifier.counts(),
+        "first_post_at": engine.post_times[0] if engine.post_times else None,
+        "process_cpu_s": time.process_time(),
     }
