@@ -12,11 +12,13 @@ from pathlib import Path
 from submitting import submit_one
 
 from avatarbatch.runware.client import RunwareClient
+from avatarbatch.sandbox.downloads import IN_MEMORY_VIDEO_BYTES
 from conftest import FAST, MakeClient, uploads, video_task, wait_finished
 
 #: Large enough for a download to take many turns of the event loop, so that cancellations
-#: land before the request, between headers and body, mid-body and at the close.
-VIDEO_BYTES = 2 * 1024 * 1024
+#: land before the request, between headers and body, mid-body and at the close; and above
+#: what the sandbox answers from memory in one piece, so it streams as a CDN would.
+VIDEO_BYTES = 2 * IN_MEMORY_VIDEO_BYTES
 
 
 def open_descriptors() -> list[str]:

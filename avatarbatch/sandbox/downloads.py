@@ -21,7 +21,7 @@ VIDEO_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "mov": "video/quicktime
 #: Videos up to this size are answered from memory: a FileResponse's stat, open and reads
 #: each hop to a thread, which cost the sandbox ~0.75 ms of CPU per download of a stub (the
 #: sandbox shares the machine with the client it serves in benchmarks). Larger ones stream.
-IN_MEMORY_VIDEO_BYTES = 4 * 2**20
+IN_MEMORY_VIDEO_BYTES = 2**20
 
 
 async def media(engine: Engine, request: Request) -> Response:
