@@ -3,17 +3,14 @@ media probes come from the state file, and plan and registration are set operati
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from test_report import QUICK, run
 
-from avatarbatch.config import PollTiming, RunSettings
-from avatarbatch.engine.batch import RunSummary, run_batch
 from avatarbatch.manifest import media as media_module
 from avatarbatch.manifest.fields import JobFields
 from avatarbatch.manifest.media import MediaInfo, ProbeError
@@ -22,24 +19,11 @@ from avatarbatch.manifest.quick import QuickCheck
 from avatarbatch.plan import DAMAGED, HASHED, PlanStatus, StoredJob, build_plan, spec_hash
 from avatarbatch.report.data import tally_by_status, tally_of
 from avatarbatch.report.stamp import STAMP_KEY
-from avatarbatch.runware.client import ClientSettings
-from avatarbatch.sandbox.config import SandboxConfig
 from avatarbatch.sandbox.server import RunningSandbox, running_sandbox
 from avatarbatch.state.probes import ProbeMemo
 from avatarbatch.state.store import JobSpec, JobStatus, OwnedFile, StateStore
 
-QUICK = SandboxConfig(latency=0, fixed_latency=0.05, render="stub", workers=8)
 REPORTS = ("cost_report.csv", "report.json", "report.md", "index.html")
-
-
-def run(manifest: Path, sandbox: RunningSandbox, out: Path) -> RunSummary:
-    client = ClientSettings(
-        api_url=sandbox.api_url, api_key=SecretStr("k"), backoff_initial=0.01, backoff_max=0.05
-    )
-    options = RunSettings(
-        client=client, out=out, rps=100, poll=PollTiming(initial=0.05, min_interval=0.05)
-    )
-    return asyncio.run(run_batch(manifest, options))
 
 
 def stamps(out: Path) -> dict[str, int]:
